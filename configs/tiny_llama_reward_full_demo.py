@@ -1,0 +1,136 @@
+# Offline demo: a small randomly initialised Llama learns generated preferences on CPU in about a
+# minute. Nothing is downloaded: the tokenizer is trained in code and the data is generated.
+from mmengine.dataset import DefaultSampler
+from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.optim import CosineAnnealingLR, LinearLR
+from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
+from torch.optim import AdamW
+from transformers import LlamaConfig, LlamaModel
+
+from rmtrain.data import build_demo_preference_data, build_demo_tokenizer, build_preference_dataset, preference_collate_fn
+from rmtrain.engine import AutocastOptimWrapper, RewardLogProcessor, TrainLoop
+from rmtrain.model import RewardModel
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+# Model
+reward_token_id = 3  # '<|reward|>' in the demo tokenizer
+use_varlen_attn = False
+loss_type = "ranking"
+penalty_type = "log_barrier"
+penalty_weight = 0.01
+
+# Data
+num_pairs = 2000
+data_seed = 0
+max_length = 96
+
+# Scheduler & Optimizer
+batch_size = 16  # pairs per device
+accumulative_counts = 1
+dataloader_num_workers = 0
+max_epochs = 2
+optim_type = AdamW
+lr = 1e-3
+betas = (0.9, 0.999)
+weight_decay = 0.0
+max_norm = 1.0
+warmup_ratio = 0.05
+mixed_precision = "auto"  # bf16 autocast where the device supports it
+
+# Save
+save_steps = 100
+save_total_limit = 2
+log_interval = 10
+
+#######################################################################
+#            PART 2  Model & Tokenizer                                #
+#######################################################################
+tokenizer = dict(type=build_demo_tokenizer)
+
+model = dict(
+    type=RewardModel,
+    reward_token_id=reward_token_id,
+    loss_type=loss_type,
+    penalty_type=penalty_type,
+    penalty_weight=penalty_weight,
+    use_activation_checkpointing=False,
+    llm=dict(
+        type=LlamaModel,
+        config=dict(
+            type=LlamaConfig,
+            vocab_size=1024,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            attn_implementation="sdpa",
+        ),
+    ),
+)
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+train_dataset = dict(
+    type=build_preference_dataset,
+    dataset=dict(type=build_demo_preference_data, num_pairs=num_pairs, seed=data_seed),
+    tokenizer=tokenizer,
+    max_length=max_length,
+    dataset_map_fn=None,  # generated records are already prompt/chosen/rejected messages
+    is_dpo=False,
+    is_reward=True,
+    reward_token_id=reward_token_id,
+    num_proc=1,
+    use_varlen_attn=use_varlen_attn,
+)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=train_dataset,
+    sampler=dict(type=DefaultSampler, shuffle=True),
+    collate_fn=dict(type=preference_collate_fn, use_varlen_attn=use_varlen_attn),
+)
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+    type=AutocastOptimWrapper,
+    dtype=mixed_precision,
+    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+)
+
+param_scheduler = [
+    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs, convert_to_iter_based=True),
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
+]
+
+train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+custom_hooks = []
+
+default_hooks = dict(
+    timer=dict(type=IterTimerHook),
+    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=log_interval),
+    param_scheduler=dict(type=ParamSchedulerHook),
+    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    sampler_seed=dict(type=DistSamplerSeedHook),
+)
+
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl"))
+
+# Scalars go to <work_dir>/<timestamp>/vis_data/scalars.json and to TensorBoard event files.
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])
+log_processor = dict(type=RewardLogProcessor, by_epoch=False, window_size=log_interval)
+log_level = "INFO"
+randomness = dict(seed=42, deterministic=False)

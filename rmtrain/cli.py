@@ -1,0 +1,106 @@
+"""The `rmtrain` command: parse arguments and call one library function per verb.
+
+Heavy libraries (torch, transformers, mmengine's Runner) are imported inside the verbs that need
+them, so `list-cfg` and `copy-cfg` stay fast.
+"""
+
+import argparse
+import sys
+
+from rmtrain.errors import RmtrainError
+
+
+def _list_cfg(args) -> int:
+    from rmtrain.recipes import list_configs
+
+    names = list_configs(args.pattern)
+    print("\n".join(names) if names else f"no shipped config matches '{args.pattern}'")
+    return 0
+
+
+def _copy_cfg(args) -> int:
+    from rmtrain.recipes import copy_config
+
+    dest = copy_config(args.config_name, args.save_dir)
+    print(f"Copy to {dest}")
+    return 0
+
+
+def _train(args) -> int:
+    from rmtrain.engine.train import train
+
+    train(
+        args.config,
+        work_dir=args.work_dir,
+        resume=args.resume,
+        seed=args.seed,
+        cfg_options=args.cfg_options,
+        launcher=args.launcher,
+        deepspeed=args.deepspeed,
+    )
+    return 0
+
+
+def _parse_cfg_options(pairs: list[str]) -> dict:
+    """`key=value` pairs -> dict, with values read as Python literals where they parse."""
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--opts", nargs="+", action=DictAction)
+    return vars(parser.parse_args(["--opts", *pairs]))["opts"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmtrain", description="Train reward models for RLHF from mmengine Python configs."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("list-cfg", help="list the shipped configs")
+    p.add_argument("-p", "--pattern", help="case-insensitive substring to filter names")
+    p.set_defaults(func=_list_cfg)
+
+    p = verbs.add_parser("copy-cfg", help="copy a shipped config to DIR/<name>_copy.py")
+    p.add_argument("config_name", help="bare name of a shipped config")
+    p.add_argument("save_dir", help="folder to copy it into")
+    p.set_defaults(func=_copy_cfg)
+
+    p = verbs.add_parser("train", help="train a reward model from a config")
+    p.add_argument("config", help="config file path, or the bare name of a shipped config")
+    p.add_argument("--work-dir", help="where logs and checkpoints go (default ./work_dirs/<config>)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="auto|PATH",
+        help="resume from the latest checkpoint in the work dir (auto) or from PATH",
+    )
+    p.add_argument("--seed", type=int, help="random seed (default: the config's; on resume, the checkpoint's)")
+    p.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. optim_wrapper.optimizer.lr=1e-5; unknown keys are an error",
+    )
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    p.add_argument("--deepspeed", help="a built-in DeepSpeed config name or a JSON path")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "cfg_options", None):
+            args.cfg_options = _parse_cfg_options(args.cfg_options)
+        return args.func(args)
+    except RmtrainError as error:
+        print(f"rmtrain: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Turn raw preference records into tokenised (chosen, rejected) pairs ready for the collate function.
+
+Flow: load records -> map function (record -> prompt/chosen/rejected messages, checked) ->
+`encode_conversation` for each side (template, truncation, reward token) -> PreferenceDataset.
+Every unusable record stops the build with an error naming the file, the record and the field.
+"""
+
+import logging
+import os
+
+import datasets
+from mmengine.logging import print_log
+
+from rmtrain.builder import build
+from rmtrain.data.loading import describe_source, load_records
+from rmtrain.data.map_fns import messages_preference_map_fn, resolve_map_fn
+from rmtrain.errors import ConfigError, DataError, RecordFieldError
+from rmtrain.scoring import check_reward_token, encode_conversation, resolve_chat_template
+
+
+class _MapRecord:
+    """Applies the config's map function and the format check; adds the file and record to errors.
+
+    With `skip_bad_records`, an unusable record becomes a row whose `error` says why; the builder
+    drops those rows and reports them.
+    """
+
+    def __init__(self, map_fn, source: str, skip_bad_records: bool):
+        self.map_fn = map_fn
+        self.source = source
+        self.skip_bad_records = skip_bad_records
+
+    def __call__(self, record: dict, index: int) -> dict:
+        try:
+            try:
+                mapped = self.map_fn(record) if self.map_fn is not None else record
+                # The check also normalises plain-string prompts/responses into message lists.
+                checked = messages_preference_map_fn(mapped)
+            except RecordFieldError as error:
+                raise DataError(self.source, index, error.field, error.message) from None
+            except KeyError as error:
+                raise DataError(self.source, index, str(error.args[0]), "missing") from None
+        except DataError as error:
+            if not self.skip_bad_records:
+                raise DataError(
+                    error.source, error.index, error.field, f"{error.message} (skip_bad_records=True drops such records)"
+                ) from None
+            return {"prompt": [], "chosen": [], "rejected": [], "margin": None, "error": str(error)}
+        margin = checked.get("margin")
+        return {
+            "prompt": checked["prompt"],
+            "chosen": checked["chosen"],
+            "rejected": checked["rejected"],
+            "margin": None if margin is None else float(margin),
+            "error": None,
+        }
+
+
+class _EncodePair:
+    def __init__(self, tokenizer, max_length: int, reward_token_id: int | None, chat_template: str):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.reward_token_id = reward_token_id
+        self.chat_template = chat_template
+
+    def __call__(self, record: dict) -> dict:
+        out = {}
+        for side in ("chosen", "rejected"):
+            encoded = encode_conversation(
+                self.tokenizer,
+                record["prompt"],
+                record[side],
+                self.max_length,
+                self.reward_token_id,
+                self.chat_template,
+            )
+            out[f"{side}_ids"] = encoded.input_ids
+            out[f"{side}_prompt_cut"] = encoded.prompt_tokens_cut
+            out[f"{side}_response_cut"] = encoded.response_tokens_cut
+        return out
+
+
+class PreferenceDataset:
+    """Tokenised pairs. Item: {'chosen_ids': list[int], 'rejected_ids': list[int], 'margin': float|None}."""
+
+    def __init__(self, pairs: datasets.Dataset, summary: dict):
+        self.pairs = pairs
+        self.summary = summary
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.pairs[index]
+        return {"chosen_ids": row["chosen_ids"], "rejected_ids": row["rejected_ids"], "margin": row["margin"]}
+
+    def __deepcopy__(self, memo):
+        # Built once and never changed: mmengine deep-copies dataloader configs, share instead.
+        return self
+
+    def summary_text(self) -> str:
+        s = self.summary
+        return (
+            f"preference data from {s['source']}: {s['pairs']} pairs, {s['tokens']} tokens "
+            f"(max_length {s['max_length']}); prompt cut from the left in {s['prompt_cut_pairs']} pairs, "
+            f"chosen response cut in {s['chosen_cut_pairs']}, rejected response cut in "
+            f"{s['rejected_cut_pairs']}; {s['dropped_pairs']} dropped"
+        )
+
+
+def build_preference_dataset(
+    dataset,
+    tokenizer,
+    max_length: int,
+    dataset_map_fn=None,
+    is_dpo: bool = True,
+    is_reward: bool = False,
+    reward_token_id: int = -1,
+    num_proc: int | None = None,
+    use_varlen_attn: bool = False,
+    max_packed_length: int = 16384,
+    shuffle_before_pack: bool = True,
+    max_response_length: int | None = None,  # used by reference-based (POLAR) data only
+    is_reference: bool = False,
+    chat_template: str | None = None,
+    skip_bad_records: bool = False,
+) -> PreferenceDataset:
+    """Build tokenised preference pairs for reward-model training.
+
+    `dataset`: a config dict (e.g. `dict(type=load_dataset, path=..., data_files=...)`) or a built
+    `datasets.Dataset`/`DatasetDict`. `tokenizer`: a config dict or a tokenizer. `dataset_map_fn`:
+    a registered name, a dotted path or a callable (None: records are already in the project's
+    format). `max_length` counts the reward token. `chat_template`: a named template or Jinja text
+    that overrides the tokenizer's. `skip_bad_records`: drop (and count) records the map function
+    rejects instead of stopping with an error.
+    """
+    if is_dpo or not is_reward:
+        raise ConfigError("rmtrain trains reward models: set is_dpo=False, is_reward=True in the dataset config")
+    if is_reference:
+        raise ConfigError("reference-based (POLAR) reward data is not supported yet: remove is_reference")
+    if use_varlen_attn:
+        raise ConfigError("use_varlen_attn=True (packing) is not ready yet: set use_varlen_attn=False")
+    if max_length < 8:
+        raise ConfigError(f"max_length={max_length} is too small to hold a prompt and a response")
+
+    tokenizer = build(tokenizer)
+    check_reward_token(tokenizer, reward_token_id)
+    template = resolve_chat_template(tokenizer, chat_template)
+    source = describe_source(dataset)
+    num_proc = num_proc or min(8, os.cpu_count() or 1)
+
+    records = load_records(dataset)
+    if len(records) == 0:
+        raise DataError(source, 0, "*", "the data set is empty")
+    num_proc = max(1, min(num_proc, len(records) // 64 or 1))
+    mapped = records.map(
+        _MapRecord(resolve_map_fn(dataset_map_fn), source, skip_bad_records),
+        with_indices=True,
+        remove_columns=records.column_names,
+        num_proc=num_proc if num_proc > 1 else None,
+        desc="map records",
+    )
+    errors = [error for error in mapped["error"] if error is not None]
+    for error in errors[:5]:
+        print_log(f"dropped: {error}", logger="current", level=logging.WARNING)
+    if errors:
+        mapped = mapped.filter(lambda error: error is None, input_columns="error")
+    if len(mapped) == 0:
+        raise DataError(source, 0, "*", "no usable record left after dropping bad ones")
+    mapped = mapped.remove_columns("error")
+    encoded = mapped.map(
+        _EncodePair(tokenizer, max_length, reward_token_id, template),
+        remove_columns=["prompt", "chosen", "rejected"],
+        num_proc=num_proc if num_proc > 1 else None,
+        desc="tokenize pairs",
+    )
+    counts = encoded.select_columns(
+        ["chosen_prompt_cut", "rejected_prompt_cut", "chosen_response_cut", "rejected_response_cut"]
+    ).to_dict()
+    summary = {
+        "source": source,
+        "pairs": len(encoded),
+        "tokens": sum(len(ids) for ids in encoded["chosen_ids"]) + sum(len(ids) for ids in encoded["rejected_ids"]),
+        "max_length": max_length,
+        "prompt_cut_pairs": sum(
+            1 for c, r in zip(counts["chosen_prompt_cut"], counts["rejected_prompt_cut"]) if c or r
+        ),
+        "chosen_cut_pairs": sum(1 for n in counts["chosen_response_cut"] if n),
+        "rejected_cut_pairs": sum(1 for n in counts["rejected_response_cut"] if n),
+        "dropped_pairs": len(errors),  # truncation keeps every pair; only unusable records drop
+    }
+    dataset_out = PreferenceDataset(encoded.select_columns(["chosen_ids", "rejected_ids", "margin"]), summary)
+    print_log(dataset_out.summary_text(), logger="current")
+    return dataset_out

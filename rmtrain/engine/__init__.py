@@ -1,0 +1,8 @@
+"""Training engine: the mmengine Runner set-up, hooks, precision, and library workarounds."""
+
+from rmtrain.engine.hooks import GradientAccumulationStateHook
+from rmtrain.engine.log_processor import RewardLogProcessor
+from rmtrain.engine.loops import TrainLoop
+from rmtrain.engine.precision import AutocastOptimWrapper
+
+__all__ = ["AutocastOptimWrapper", "GradientAccumulationStateHook", "RewardLogProcessor", "TrainLoop"]

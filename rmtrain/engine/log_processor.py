@@ -1,0 +1,27 @@
+"""Log lines with the same keys on every device: mmengine reports `memory` on GPUs only."""
+
+import re
+import resource
+
+import torch
+from mmengine.runner import LogProcessor
+
+
+def peak_host_memory_mb() -> int:
+    """Peak resident memory of this process in MB (Linux reports ru_maxrss in KB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+class RewardLogProcessor(LogProcessor):
+    """Adds `memory` (peak host memory, MB) to train log lines when no GPU is in use."""
+
+    def get_log_after_iter(self, runner, batch_idx: int, mode: str):
+        tag, log_str = super().get_log_after_iter(runner, batch_idx, mode)
+        if "memory" not in tag and not torch.cuda.is_available():
+            memory = peak_host_memory_mb()
+            tag["memory"] = memory
+            # Keep mmengine's order: "... data_time: X  memory: N  loss: ..."
+            log_str, found = re.subn(r"(data_time: \S+  )", rf"\g<1>memory: {memory}  ", log_str, count=1)
+            if not found:
+                log_str += f"  memory: {memory}"
+        return tag, log_str

@@ -1,0 +1,94 @@
+"""The reward model: a language-model trunk without its LM head, plus a scalar value head."""
+
+import torch
+from mmengine.model import BaseModel
+from torch import nn
+
+from rmtrain.builder import build
+from rmtrain.errors import ConfigError
+from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
+from rmtrain.scoring import score_positions
+
+
+def trunk_of(language_model: nn.Module) -> nn.Module:
+    """The transformer body of a Hugging Face model: LlamaForCausalLM -> LlamaModel; LlamaModel -> itself."""
+    return getattr(language_model, "base_model", language_model)
+
+
+class RewardModel(BaseModel):
+    """Scores a conversation with one number, read at its last attended token (the reward token).
+
+    Args:
+        llm: the language model or its config, e.g.
+            `dict(type=AutoModel.from_pretrained, pretrained_model_name_or_path=...)`; a causal-LM
+            class works too, its LM head is dropped.
+        reward_token_id: the token appended to every sequence (checked against the embedding size).
+        loss_type: 'ranking' (-log sigmoid(chosen - rejected - margin)) or 'focal'.
+        penalty_type: 'log_barrier' (keeps scores in (-5, 5)), 'l2' or 'none'.
+        penalty_weight: weight of the penalty, summed over both sides' scores and averaged over pairs.
+        use_activation_checkpointing: recompute activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        llm,
+        reward_token_id: int | None = None,
+        loss_type: str = "ranking",
+        penalty_type: str = "log_barrier",
+        penalty_weight: float = 0.01,
+        use_activation_checkpointing: bool = True,
+        use_varlen_attn: bool = False,
+        lora=None,
+    ):
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
+        if penalty_type not in PENALTY_TYPES:
+            raise ConfigError(f"penalty_type must be one of {PENALTY_TYPES}, got '{penalty_type}'")
+        if lora is not None:
+            raise ConfigError("LoRA reward models are not supported yet: remove `lora` from the model config")
+        if use_varlen_attn:
+            raise ConfigError("use_varlen_attn=True (packing) is not ready yet: set use_varlen_attn=False")
+        self.loss_type = loss_type
+        self.penalty_type = penalty_type
+        self.penalty_weight = penalty_weight
+        self.reward_token_id = reward_token_id
+
+        self.model = trunk_of(build(llm, recursive=True))
+        self.model.config.use_cache = False
+        vocab_size = self.model.get_input_embeddings().num_embeddings
+        if reward_token_id is not None and reward_token_id >= 0 and reward_token_id >= vocab_size:
+            raise ConfigError(f"reward_token_id={reward_token_id} is outside the model's embeddings (size {vocab_size})")
+        # Zero-initialised, as users of this recipe expect: every score starts at 0.
+        self.v_head = nn.Linear(self.model.config.hidden_size, 1, bias=False)
+        nn.init.zeros_(self.v_head.weight)
+        if use_activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[rows, seq] ids and mask -> [rows] fp32 scores, read at each row's last attended token."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, score_positions(attention_mask)]
+        return self.v_head(last.to(self.v_head.weight.dtype)).squeeze(-1).float()
+
+    def forward(self, data: dict, data_samples=None, mode: str = "loss"):
+        """`data` from `preference_collate_fn`: chosen rows first, then the rejected rows of the same pairs."""
+        scores = self.score(data["input_ids"], data["attention_mask"])
+        if mode != "loss":
+            return scores
+        num_pairs = scores.shape[0] // 2
+        chosen, rejected = scores[:num_pairs], scores[num_pairs:]
+        margin = data.get("margin")
+        loss = pair_loss(chosen, rejected, margin, self.loss_type).mean()
+        if self.penalty_type != "none":
+            loss = loss + self.penalty_weight * score_penalty(scores, self.penalty_type).sum() / num_pairs
+        with torch.no_grad():
+            return {
+                "loss": loss,
+                "acc": (chosen > rejected).float().mean(),  # a tie counts as wrong
+                "chosen_score_mean": chosen.mean(),
+                "rejected_score_mean": rejected.mean(),
+                "num_samples": torch.tensor(float(num_pairs), device=scores.device),
+                "num_tokens": data["attention_mask"].sum().float(),  # real tokens, not padding
+            }

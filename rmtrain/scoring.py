@@ -1,0 +1,170 @@
+"""The scoring rule, in one place: how a conversation becomes token ids, and where its score is read.
+
+Training, conversion and evaluation all call these functions, so a reward model is always scored
+on the same tokens it was trained on:
+
+1. The chat is rendered with a chat template (`render_chat`, see `resolve_chat_template`).
+2. It is tokenised without adding special tokens (the template carries them), truncated to
+   `max_length` by cutting the prompt from the left first and the response from the right only
+   when the response alone is too long (`encode_conversation`).
+3. The reward token, when the model has one, is appended unless it is already last.
+4. Rows are right-padded and carry an attention mask (`pad_sequences`); the score is read at the
+   last attended position (`score_positions`), never at a pad token.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from rmtrain.errors import ConfigError
+
+# Templates a config can name when the tokenizer has none (or to override it).
+NAMED_CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "internlm2": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+        " + message['content'] | trim + '<|eot_id|>' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "plain": (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '\n\n' }}"
+        "{% else %}{{ message['role'] + ': ' + message['content'] + '\n\n' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+    ),
+}
+
+
+def resolve_chat_template(tokenizer, chat_template: str | None = None) -> str:
+    """The Jinja template to render chats with.
+
+    A template named or written in the config wins; otherwise the tokenizer's own; otherwise an
+    error, since guessing a template silently would train on a format the model never saw.
+    """
+    if chat_template:
+        return NAMED_CHAT_TEMPLATES.get(chat_template, chat_template)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
+    raise ConfigError(
+        f"the tokenizer ({type(tokenizer).__name__}) has no chat template; name one in the config "
+        f"with chat_template=... (one of {', '.join(NAMED_CHAT_TEMPLATES)}) or give a Jinja string"
+    )
+
+
+def render_chat(tokenizer, messages, chat_template: str, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=chat_template,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
+
+
+@dataclass
+class EncodedConversation:
+    input_ids: list[int]
+    prompt_tokens_cut: int  # tokens removed from the left of the prompt
+    response_tokens_cut: int  # tokens removed from the right of the response
+
+
+def _prompt_token_count(tokenizer, full_text: str, prompt_text: str, full_ids: list[int], offsets) -> int:
+    """How many leading tokens of `full_text` belong to the prompt."""
+    prompt_chars = len(prompt_text) if full_text.startswith(prompt_text) else 0
+    if offsets is not None:
+        return sum(1 for start, _end in offsets if start < prompt_chars)
+    if prompt_chars == 0:
+        return 0
+    return min(len(tokenizer.encode(prompt_text, add_special_tokens=False)), len(full_ids))
+
+
+def encode_conversation(
+    tokenizer,
+    prompt,
+    response,
+    max_length: int,
+    reward_token_id: int | None,
+    chat_template: str,
+) -> EncodedConversation:
+    """Token ids of prompt + response, at most `max_length` long including the reward token.
+
+    Truncation never removes a whole response: the prompt is cut from the left first (a leading
+    BOS token is kept), and only a response that alone exceeds the budget is cut, from the right.
+    """
+    has_reward_token = reward_token_id is not None and reward_token_id >= 0
+    budget = max_length - (1 if has_reward_token else 0)
+    full_text = render_chat(tokenizer, [*prompt, *response], chat_template)
+    prompt_text = render_chat(tokenizer, prompt, chat_template, add_generation_prompt=True) if prompt else ""
+    try:
+        encoded = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+    except (NotImplementedError, TypeError, ValueError):  # slow tokenizers have no offsets
+        encoded = tokenizer(full_text, add_special_tokens=False)
+        offsets = None
+    ids = list(encoded["input_ids"])
+    num_prompt = _prompt_token_count(tokenizer, full_text, prompt_text, ids, offsets)
+
+    prompt_cut = response_cut = 0
+    excess = len(ids) - budget
+    if excess > 0:
+        keep_bos = 1 if ids and ids[0] == tokenizer.bos_token_id and num_prompt > 0 else 0
+        prompt_cut = min(excess, num_prompt - keep_bos)
+        ids = ids[:keep_bos] + ids[keep_bos + prompt_cut :]
+        response_cut = excess - prompt_cut
+        if response_cut > 0:
+            ids = ids[: len(ids) - response_cut]
+    if has_reward_token and (not ids or ids[-1] != reward_token_id):
+        ids.append(reward_token_id)
+    return EncodedConversation(ids, prompt_cut, response_cut)
+
+
+def pad_sequences(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists into `input_ids` [rows, longest] and `attention_mask` [rows, longest]."""
+    longest = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask
+
+
+def score_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended token of each row: [rows, seq] -> [rows].
+
+    Works for right and left padding alike: the first position where the running count of
+    attended tokens reaches its final value is the last attended one.
+    """
+    return attention_mask.long().cumsum(dim=-1).argmax(dim=-1)
+
+
+def check_reward_token(tokenizer, reward_token_id: int | None) -> None:
+    """Fail before training on a reward token the tokenizer does not have, or one used as pad."""
+    if reward_token_id is None or reward_token_id < 0:
+        return
+    if reward_token_id >= len(tokenizer):
+        raise ConfigError(
+            f"reward_token_id={reward_token_id} is outside the tokenizer's vocabulary "
+            f"(ids 0..{len(tokenizer) - 1}); pick an unused special token of this tokenizer"
+        )
+    if reward_token_id == tokenizer.pad_token_id:
+        raise ConfigError(
+            f"reward_token_id={reward_token_id} is the tokenizer's pad token; the score would be read "
+            "at padding. Pick another unused token."
+        )
