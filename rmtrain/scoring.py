@@ -112,10 +112,11 @@ def encode_conversation(
     full_text = render_chat(tokenizer, [*prompt, *response], chat_template)
     prompt_text = render_chat(tokenizer, prompt, chat_template, add_generation_prompt=True) if prompt else ""
     try:
-        encoded = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+        # verbose=False: the untruncated text may exceed the tokenizer's model_max_length, which is fine here
+        encoded = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = encoded["offset_mapping"]
     except (NotImplementedError, TypeError, ValueError):  # slow tokenizers have no offsets
-        encoded = tokenizer(full_text, add_special_tokens=False)
+        encoded = tokenizer(full_text, add_special_tokens=False, verbose=False)
         offsets = None
     ids = list(encoded["input_ids"])
     num_prompt = _prompt_token_count(tokenizer, full_text, prompt_text, ids, offsets)

@@ -147,7 +147,7 @@ def build_preference_dataset(
     check_reward_token(tokenizer, reward_token_id)
     template = resolve_chat_template(tokenizer, chat_template)
     source = describe_source(dataset)
-    num_proc = num_proc or min(8, os.cpu_count() or 1)
+    num_proc = min(num_proc or 8, os.cpu_count() or 1)  # more processes than cores only adds start-up time
 
     records = load_records(dataset)
     if len(records) == 0:

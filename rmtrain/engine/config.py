@@ -17,15 +17,37 @@ def _check_option_key(cfg: Config, key: str) -> None:
     for part in key.split("."):
         if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
+        elif hasattr(node, "keys") and part in node:
             node = node[part]
         else:
-            known = list(node.keys()) if isinstance(node, dict) else []
+            known = list(node.keys()) if hasattr(node, "keys") else []
             close = difflib.get_close_matches(part, known, n=3)
             where = ".".join(walked) or "the top level"
             hint = f" Did you mean: {', '.join('.'.join([*walked, c]) for c in close)}?" if close else ""
             raise ConfigError(f"--cfg-options key '{key}': '{part}' is not a key of {where}.{hint}")
         walked.append(part)
+
+
+def check_config(cfg: Config, path) -> None:
+    """Catch inconsistent settings before anything is built (nothing is downloaded or loaded here)."""
+    missing = [key for key in REQUIRED_KEYS if key not in cfg]
+    if missing:
+        raise ConfigError(f"config {path} lacks {', '.join(missing)}")
+    dataset = cfg.train_dataloader.get("dataset")
+    if not isinstance(dataset, dict):
+        raise ConfigError(f"config {path}: train_dataloader.dataset must be a dataset config dict")
+    if dataset.get("is_dpo", True) or not dataset.get("is_reward", False):
+        raise ConfigError(f"config {path}: the dataset must set is_dpo=False, is_reward=True")
+    data_token, model_token = dataset.get("reward_token_id", -1), cfg.model.get("reward_token_id")
+    if model_token is not None and model_token != data_token:
+        raise ConfigError(
+            f"config {path}: model.reward_token_id={model_token} differs from the dataset's reward_token_id={data_token}"
+        )
+    for key in ("max_length",):
+        if not isinstance(dataset.get(key), int) or dataset[key] <= 0:
+            raise ConfigError(f"config {path}: train_dataloader.dataset.{key} must be a positive integer")
+    if not isinstance(cfg.train_dataloader.get("batch_size"), int) or cfg.train_dataloader.batch_size <= 0:
+        raise ConfigError(f"config {path}: train_dataloader.batch_size must be a positive integer")
 
 
 def load_config(config: str, cfg_options: dict | None = None) -> Config:
@@ -38,7 +60,5 @@ def load_config(config: str, cfg_options: dict | None = None) -> Config:
         _check_option_key(cfg, key)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    missing = [key for key in REQUIRED_KEYS if key not in cfg]
-    if missing:
-        raise ConfigError(f"config {path} lacks {', '.join(missing)}")
+    check_config(cfg, path)
     return cfg
