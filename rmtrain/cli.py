@@ -27,6 +27,9 @@ def _copy_cfg(args) -> int:
 
 
 def _train(args) -> int:
+    from rmtrain.recipes import resolve_config
+
+    resolve_config(args.config)  # a wrong name fails at once, before the training stack is imported
     from rmtrain.engine.train import train
 
     train(

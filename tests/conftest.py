@@ -1,0 +1,38 @@
+"""Shared fixtures: the offline demo tokenizer and a tiny randomly initialised Llama trunk."""
+
+import pytest
+import torch
+
+from rmtrain.data.demo import build_demo_tokenizer
+
+TINY_LLAMA_KWARGS = dict(
+    vocab_size=1024,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+
+@pytest.fixture
+def demo_tokenizer():
+    """A fresh demo tokenizer (ChatML template, pad id 0, reward token id 3); trained once per process."""
+    return build_demo_tokenizer()
+
+
+@pytest.fixture
+def tiny_llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**TINY_LLAMA_KWARGS)
+
+
+@pytest.fixture
+def tiny_llama(tiny_llama_config):
+    """A 2-layer, 32-wide LlamaModel in fp32 and eval mode (no dropout), seeded."""
+    from transformers import LlamaModel
+
+    torch.manual_seed(0)
+    return LlamaModel(tiny_llama_config).float().eval()
