@@ -12,6 +12,7 @@ on the same tokens it was trained on:
    last attended position (`score_positions`), never at a pad token.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +87,9 @@ class EncodedConversation:
 
 def _prompt_token_count(tokenizer, full_text: str, prompt_text: str, full_ids: list[int], offsets) -> int:
     """How many leading tokens of `full_text` belong to the prompt."""
-    prompt_chars = len(prompt_text) if full_text.startswith(prompt_text) else 0
+    # Normally the prompt rendering is a prefix of the full chat; for templates where it is not,
+    # the shared beginning is the prompt part.
+    prompt_chars = len(os.path.commonprefix([prompt_text, full_text]))
     if offsets is not None:
         return sum(1 for start, _end in offsets if start < prompt_chars)
     if prompt_chars == 0:

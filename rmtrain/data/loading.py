@@ -6,21 +6,24 @@ import os
 import datasets
 
 from rmtrain.builder import build
+from rmtrain.errors import ConfigError, DataError, RmtrainError
 
 
 def load_jsonl_dataset(data_files=None, data_dir: str | None = None, suffix: str = ".jsonl") -> datasets.Dataset:
     """Load and concatenate JSON-lines files: `data_files` (a path or list) or every `*suffix` in `data_dir`."""
     if data_files is None and data_dir is None:
-        raise ValueError("load_jsonl_dataset needs data_files or data_dir")
+        raise ConfigError("load_jsonl_dataset needs data_files or data_dir")
     if data_files is None:
         data_files = sorted(glob.glob(os.path.join(data_dir, f"*{suffix}")))
         if not data_files:
-            raise FileNotFoundError(f"no *{suffix} files in {data_dir}")
+            raise RmtrainError(f"no *{suffix} files in {data_dir}")
     if isinstance(data_files, str):
         data_files = [data_files]
     for path in data_files:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"data file not found: {path}")
+            raise RmtrainError(f"data file not found: {path}")
+        if os.path.getsize(path) == 0:
+            raise DataError(path, 0, "*", "the file is empty")
     return datasets.load_dataset("json", data_files=list(data_files), split="train")
 
 

@@ -35,3 +35,16 @@ def allow_trusted_checkpoint_loading(trusted_dir: str) -> None:
             return torch.load(path, map_location=map_location, weights_only=False)
 
     CheckpointLoader.register_scheme(prefixes="", force=True)(load_local)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant, which works with frozen inputs and DDP).
+
+    transformers 5.x renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`
+    (the old name warns and goes in v6); transformers 4.x has only the old one.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -5,6 +5,7 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from rmtrain.builder import build
+from rmtrain.engine.compat import enable_activation_checkpointing
 from rmtrain.errors import ConfigError
 from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
 from rmtrain.scoring import score_positions
@@ -63,7 +64,7 @@ class RewardModel(BaseModel):
         self.v_head = nn.Linear(self.model.config.hidden_size, 1, bias=False)
         nn.init.zeros_(self.v_head.weight)
         if use_activation_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.model)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[rows, seq] ids and mask -> [rows] fp32 scores, read at each row's last attended token."""

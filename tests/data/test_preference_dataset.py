@@ -8,7 +8,7 @@ import pytest
 from rmtrain.data.demo import build_demo_tokenizer
 from rmtrain.data.loading import describe_source, load_jsonl_dataset, load_records
 from rmtrain.data.preference_dataset import PreferenceDataset, build_preference_dataset
-from rmtrain.errors import ConfigError, DataError
+from rmtrain.errors import ConfigError, DataError, RmtrainError
 from rmtrain.scoring import encode_conversation
 
 REWARD = 3
@@ -165,11 +165,11 @@ def test_load_jsonl_dataset_directory_and_errors(tmp_path):
     _write_jsonl(tmp_path / "a.jsonl", [_record()])
     _write_jsonl(tmp_path / "b.jsonl", [_record(), _record()])
     assert len(load_jsonl_dataset(data_dir=str(tmp_path))) == 3
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    with pytest.raises(RmtrainError, match="data file not found: .*missing.jsonl"):
         load_jsonl_dataset(data_files=str(tmp_path / "missing.jsonl"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RmtrainError, match="no \\*.jsonl files"):
         load_jsonl_dataset(data_dir=str(tmp_path / "empty_dir_that_does_not_exist"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         load_jsonl_dataset()
 
 
