@@ -44,6 +44,24 @@ def _train(args) -> int:
     return 0
 
 
+def _convert_pth_to_hf(args) -> int:
+    from rmtrain.recipes import resolve_config
+
+    resolve_config(args.config)
+    from rmtrain.convert import convert_pth_to_hf
+
+    convert_pth_to_hf(
+        args.config,
+        args.pth,
+        args.save_dir,
+        fp32=args.fp32,
+        max_shard_size=args.max_shard_size,
+        verify=not args.no_verify,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
 def _parse_cfg_options(pairs: list[str]) -> dict:
     """`key=value` pairs -> dict, with values read as Python literals where they parse."""
     from mmengine.config import DictAction
@@ -91,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deepspeed", help="a built-in DeepSpeed config name or a JSON path")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=_train)
+
+    p = verbs.add_parser("convert", help="convert checkpoints")
+    conversions = p.add_subparsers(dest="conversion", required=True, metavar="CONVERSION")
+    p = conversions.add_parser("pth_to_hf", help="a training checkpoint -> a Hugging Face folder, verified")
+    p.add_argument("config", help="the training config (path or shipped name)")
+    p.add_argument("pth", help="the checkpoint, e.g. work_dirs/<config>/iter_500.pth")
+    p.add_argument("save_dir", help="the folder to write")
+    p.add_argument("--fp32", action="store_true", help="save fp32 weights (default: bf16)")
+    p.add_argument("--max-shard-size", default="2GB", help="largest weight file (default 2GB)")
+    p.add_argument(
+        "--safe-serialization", action="store_true", help="accepted for compatibility; weights are always safetensors"
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip reloading the folder and comparing its scores")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty SAVE_DIR")
+    p.set_defaults(func=_convert_pth_to_hf)
     return parser
 
 

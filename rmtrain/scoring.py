@@ -10,6 +10,7 @@ on the same tokens it was trained on:
 3. The reward token, when the model has one, is appended unless it is already last.
 4. Rows are right-padded and carry an attention mask (`pad_sequences`); the score is read at the
    last attended position (`score_positions`), never at a pad token.
+5. An exported model's pad token is never a real sequence's last token (`ensure_distinct_pad_token`).
 """
 
 import os
@@ -172,3 +173,22 @@ def check_reward_token(tokenizer, reward_token_id: int | None) -> None:
             f"reward_token_id={reward_token_id} is the tokenizer's pad token; the score would be read "
             "at padding. Pick another unused token."
         )
+
+
+EXPORT_PAD_TOKEN = "<|rm_pad|>"
+
+
+def ensure_distinct_pad_token(tokenizer, reward_token_id: int | None) -> bool:
+    """Give the tokenizer a pad token that can never be a sequence's last real token.
+
+    Hugging Face sequence classifiers read the score at the rightmost token that is not the pad
+    token, judged from input_ids. A pad that is missing, equal to EOS (often the last real token)
+    or equal to the reward token would move the score; such a tokenizer gets a dedicated pad token.
+    Returns True when a token was added (the caller then grows the embeddings if needed).
+    """
+    pad = tokenizer.pad_token_id
+    clashes = {tokenizer.eos_token_id, reward_token_id if reward_token_id is not None and reward_token_id >= 0 else None}
+    if pad is not None and pad not in clashes:
+        return False
+    tokenizer.add_special_tokens({"pad_token": EXPORT_PAD_TOKEN})
+    return True

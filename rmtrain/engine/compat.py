@@ -10,31 +10,36 @@ import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 
-def allow_trusted_checkpoint_loading(trusted_dir: str) -> None:
-    """Let mmengine resume from the checkpoints that rmtrain itself wrote under `trusted_dir`.
+def load_checkpoint_file(filename: str, trusted_dirs: list[str], map_location="cpu"):
+    """torch.load for mmengine checkpoints, safe by default.
 
     Needed with torch >= 2.6 and mmengine <= 0.10.7: torch.load defaults to weights_only=True, and
     mmengine checkpoints hold HistoryBuffer and numpy objects that the safe loader refuses (an
-    allow-list would have to admit `getattr`, which defeats it). Files are first loaded safely;
-    only a file inside the run's own work dir is loaded in full when that fails.
+    allow-list would have to admit `getattr`, which defeats it). A file is first loaded safely;
+    only a file inside one of `trusted_dirs` (where rmtrain's own runs write, or a checkpoint the
+    user named explicitly) is loaded in full when that fails.
     """
-    trusted_root = os.path.realpath(trusted_dir)
+    path = os.path.realpath(os.path.expanduser(filename))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{filename} can not be found.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        roots = [os.path.realpath(directory) for directory in trusted_dirs]
+        if not any(os.path.commonpath([path, root]) == root for root in roots):
+            raise RuntimeError(
+                f"{filename} holds Python objects beyond tensors and lies outside {', '.join(trusted_dirs)}; "
+                "rmtrain loads such checkpoints only from where its own runs wrote them"
+            ) from None
+        return torch.load(path, map_location=map_location, weights_only=False)
 
-    def load_local(filename, map_location):
-        path = os.path.realpath(os.path.expanduser(filename))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{filename} can not be found.")
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            if os.path.commonpath([path, trusted_root]) != trusted_root:
-                raise RuntimeError(
-                    f"{filename} holds Python objects beyond tensors and lies outside this run's work dir "
-                    f"({trusted_dir}); rmtrain resumes only from checkpoints its own runs wrote there"
-                ) from None
-            return torch.load(path, map_location=map_location, weights_only=False)
 
-    CheckpointLoader.register_scheme(prefixes="", force=True)(load_local)
+def allow_trusted_checkpoint_loading(trusted_dirs: list[str]) -> None:
+    """Let mmengine's resume read the checkpoints under `trusted_dirs` (see load_checkpoint_file)."""
+    trusted_dirs = list(trusted_dirs)
+    CheckpointLoader.register_scheme(prefixes="", force=True)(
+        lambda filename, map_location: load_checkpoint_file(filename, trusted_dirs, map_location)
+    )
 
 
 def enable_activation_checkpointing(model) -> None:

@@ -9,11 +9,10 @@ import os
 import random
 from pathlib import Path
 
-import torch
 from mmengine.runner import Runner
 
 from rmtrain.builder import build
-from rmtrain.engine.compat import allow_trusted_checkpoint_loading
+from rmtrain.engine.compat import allow_trusted_checkpoint_loading, load_checkpoint_file
 from rmtrain.engine.config import load_config
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.log_processor import RewardLogProcessor
@@ -53,7 +52,7 @@ def find_resume_checkpoint(resume: str | None, work_dir: str) -> str | None:
 
 
 def checkpoint_seed(path: str) -> int | None:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = load_checkpoint_file(path, [os.path.dirname(path)])
     return checkpoint.get("meta", {}).get("seed")
 
 
@@ -72,9 +71,7 @@ def train(
     os.makedirs(work_dir, exist_ok=True)
 
     resume_from = find_resume_checkpoint(resume, work_dir)
-    trusted_dirs = [work_dir] + ([os.path.dirname(resume_from)] if resume_from else [])
-    for trusted in trusted_dirs:
-        allow_trusted_checkpoint_loading(trusted)
+    allow_trusted_checkpoint_loading([work_dir] + ([os.path.dirname(resume_from)] if resume_from else []))
     # The sampler's shuffle order comes from the seed: a resumed run must reuse the one it started with.
     randomness = dict(cfg.get("randomness") or {})
     if seed is None and resume_from:
