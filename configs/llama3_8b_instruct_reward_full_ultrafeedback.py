@@ -3,13 +3,13 @@
 from datasets import load_dataset
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
-from mmengine.optim import CosineAnnealingLR, LinearLR
+from mmengine.optim import CosineAnnealingLR
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from torch.optim import AdamW
 from transformers import AutoModel, AutoTokenizer
 
 from rmtrain.data import build_preference_dataset, orpo_dpo_mix_40k_map_fn, preference_collate_fn
-from rmtrain.engine import AutocastOptimWrapper, RewardLogProcessor, TrainLoop
+from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
 from rmtrain.model import RewardModel
 
 #######################################################################
@@ -108,7 +108,7 @@ optim_wrapper = dict(
 )
 
 param_scheduler = [
-    dict(type=LinearLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs, convert_to_iter_based=True),
+    dict(type=LinearWarmupLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs, convert_to_iter_based=True),
     dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 

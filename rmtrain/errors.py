@@ -5,7 +5,7 @@ class RmtrainError(Exception):
     """Base class: something the user can fix (a config, a file, a record)."""
 
 
-class ConfigError(RmtrainError):
+class ConfigError(RmtrainError, ValueError):
     """A config file, a config name or a --cfg-options key is wrong."""
 
 

@@ -46,7 +46,11 @@ def describe_source(dataset_cfg) -> str:
 
 def load_records(dataset_cfg, split: str = "train") -> datasets.Dataset:
     """Build the raw data set from its config (or take a built one); a DatasetDict gives `split`."""
-    dataset = build(dataset_cfg)
+    try:
+        dataset = build(dataset_cfg)
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        raise RmtrainError(f"cannot read {describe_source(dataset_cfg)}: {type(cause).__name__}: {cause}") from error
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             raise ValueError(f"the dataset has no '{split}' split (it has {', '.join(dataset)})")

@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rmtrain.errors import RecordFieldError
+from rmtrain.errors import ConfigError, RecordFieldError
 
 Message = dict[str, str]
 MapFn = Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -50,7 +50,7 @@ def register_map_fn(name: str) -> Callable[[MapFn], MapFn]:
 
     def decorator(fn: MapFn) -> MapFn:
         if MAP_FNS.get(name, fn) is not fn:
-            raise ValueError(f"a map function named {name!r} is already registered")
+            raise ConfigError(f"a map function named {name!r} is already registered")
         MAP_FNS[name] = fn
         return fn
 
@@ -68,11 +68,11 @@ def resolve_map_fn(map_fn: str | MapFn | None) -> MapFn | None:
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError, ValueError, TypeError) as exc:  # the last two: names like ".fn"
-            raise ValueError(_unknown_map_fn(map_fn, f"cannot import it ({exc})")) from exc
+            raise ConfigError(_unknown_map_fn(map_fn, f"cannot import it ({exc})")) from exc
         if not callable(fn):
-            raise ValueError(_unknown_map_fn(map_fn, f"it is a {type(fn).__name__}, not a function"))
+            raise ConfigError(_unknown_map_fn(map_fn, f"it is a {type(fn).__name__}, not a function"))
         return fn
-    raise ValueError(_unknown_map_fn(map_fn, "it is not a registered map function name"))
+    raise ConfigError(_unknown_map_fn(map_fn, "it is not a registered map function name"))
 
 
 def _unknown_map_fn(map_fn: object, reason: str) -> str:

@@ -158,6 +158,7 @@ def build_preference_dataset(
         with_indices=True,
         remove_columns=records.column_names,
         num_proc=num_proc if num_proc > 1 else None,
+        load_from_cache_file=False,  # the cache key ignores edits to a map function's code
         desc="map records",
     )
     errors = [error for error in mapped["error"] if error is not None]
@@ -172,6 +173,7 @@ def build_preference_dataset(
         _EncodePair(tokenizer, max_length, reward_token_id, template),
         remove_columns=["prompt", "chosen", "rejected"],
         num_proc=num_proc if num_proc > 1 else None,
+        load_from_cache_file=False,
         desc="tokenize pairs",
     )
     counts = encoded.select_columns(

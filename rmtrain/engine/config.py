@@ -1,6 +1,8 @@
 """Load a training config: resolve its name, apply --cfg-options (known keys only), check its shape."""
 
 import difflib
+import os
+import sys
 
 from mmengine.config import Config
 
@@ -8,6 +10,26 @@ from rmtrain.errors import ConfigError
 from rmtrain.recipes import resolve_config
 
 REQUIRED_KEYS = ("model", "train_dataloader", "optim_wrapper", "train_cfg")
+# Top-level keys that rmtrain reads after loading. Every other top-level name (lr, batch_size, ...)
+# is a settings variable whose value was already copied into the dicts above when the file ran.
+ENGINE_KEYS = REQUIRED_KEYS + (
+    "param_scheduler", "default_hooks", "custom_hooks", "log_processor", "visualizer", "env_cfg",
+    "randomness", "log_level", "work_dir",
+)
+
+
+def _paths_with_value(node, value, prefix=""):
+    """Dotted paths under `node` whose value equals `value` (where a settings variable was used)."""
+    if hasattr(node, "keys"):
+        items = [(str(key), node[key]) for key in node.keys()]
+    elif isinstance(node, (list, tuple)):
+        items = [(str(index), item) for index, item in enumerate(node)]
+    else:
+        return [prefix] if type(node) is type(value) and node == value else []
+    found = []
+    for key, item in items:
+        found += _paths_with_value(item, value, f"{prefix}.{key}" if prefix else key)
+    return found
 
 
 def _check_option_key(cfg: Config, key: str) -> None:
@@ -26,6 +48,14 @@ def _check_option_key(cfg: Config, key: str) -> None:
             hint = f" Did you mean: {', '.join('.'.join([*walked, c]) for c in close)}?" if close else ""
             raise ConfigError(f"--cfg-options key '{key}': '{part}' is not a key of {where}.{hint}")
         walked.append(part)
+    top = key.split(".")[0]
+    if top not in ENGINE_KEYS:
+        uses = [path for name in ENGINE_KEYS if name in cfg for path in _paths_with_value(cfg[name], cfg[top], name)]
+        hint = f" Override where it is used instead: {', '.join(uses[:6])}." if uses else ""
+        raise ConfigError(
+            f"--cfg-options key '{key}': '{top}' is a settings variable that the config already used "
+            f"when it was read, so changing it would have no effect.{hint}"
+        )
 
 
 def check_config(cfg: Config, path) -> None:
@@ -52,6 +82,11 @@ def check_config(cfg: Config, path) -> None:
 
 def load_config(config: str, cfg_options: dict | None = None) -> Config:
     path = resolve_config(config)
+    # A map function or model class in a module beside the config (or in the working folder) imports
+    # without PYTHONPATH edits.
+    for folder in (str(path.resolve().parent), os.getcwd()):
+        if folder not in sys.path:
+            sys.path.append(folder)
     try:
         cfg = Config.fromfile(str(path))
     except Exception as error:  # a config is Python: show the user what broke and where

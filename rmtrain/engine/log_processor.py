@@ -12,8 +12,16 @@ def peak_host_memory_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+# Averaged over the logging window (mmengine's default averages only loss, time and grad_norm); a
+# single iteration's accuracy over a few pairs is too noisy to read.
+WINDOW_MEAN_PATTERN = r".*(loss|time|data_time|grad_norm|acc|score_mean|num_samples|num_tokens).*"
+
+
 class RewardLogProcessor(LogProcessor):
-    """Adds `memory` (peak host memory, MB) to train log lines when no GPU is in use."""
+    """Averages the reward metrics over the window and adds `memory` (peak host MB) when no GPU is used."""
+
+    def __init__(self, *args, mean_pattern: str = WINDOW_MEAN_PATTERN, **kwargs):
+        super().__init__(*args, mean_pattern=mean_pattern, **kwargs)
 
     def get_log_after_iter(self, runner, batch_idx: int, mode: str):
         tag, log_str = super().get_log_after_iter(runner, batch_idx, mode)
