@@ -108,7 +108,7 @@ def _sequence_classifier(reward_model, tokenizer, reward_token_id):
     config.num_labels = 1
     config.id2label = {0: "LABEL_0"}
     config.label2id = {"LABEL_0": 0}
-    config.pad_token_id = tokenizer.pad_token_id
+    config.pad_token_id = None  # set below: a newly added pad id may lie beyond the trained embeddings
     config.reward_token_id = reward_token_id
     config.architectures = None  # set by from_config / save_pretrained
     exported = AutoModelForSequenceClassification.from_config(config)
@@ -118,6 +118,7 @@ def _sequence_classifier(reward_model, tokenizer, reward_token_id):
     exported.score.weight.data.copy_(reward_model.v_head.weight.data)
     if added_pad and tokenizer.pad_token_id >= exported.get_input_embeddings().num_embeddings:
         exported.resize_token_embeddings(len(tokenizer))
+    exported.config.pad_token_id = tokenizer.pad_token_id
     return exported
 
 
@@ -162,30 +163,51 @@ One forward pass gives one scalar score per sequence, read at its last real toke
 """
 
 
-def _scores_of_training_model(reward_model, tokenizer, template, reward_token_id) -> torch.Tensor:
-    ids = [
+def _verify_ids(tokenizer, template, reward_token_id) -> list[list[int]]:
+    return [
         encode_conversation(tokenizer, chat[:-1], chat[-1:], 10**6, reward_token_id, template).input_ids
         for chat in VERIFY_CONVERSATIONS
     ]
-    input_ids, attention_mask = pad_sequences(ids, pad_token_id=0)
+
+
+def _scores_of_training_model(reward_model, tokenizer, template, reward_token_id) -> torch.Tensor:
+    input_ids, attention_mask = pad_sequences(_verify_ids(tokenizer, template, reward_token_id), pad_token_id=0)
     with torch.no_grad():
         return reward_model.score(input_ids, attention_mask).float()
 
 
+def _check_saved_tokenizer(folder: str, training_tokenizer, template, reward_token_id, is_internlm2: bool) -> None:
+    """The tokenizer that AutoTokenizer reloads must tokenise exactly as the training one did."""
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=is_internlm2)
+    expected = _verify_ids(training_tokenizer, template, reward_token_id)
+    got = _verify_ids(reloaded, reloaded.chat_template, reward_token_id)
+    for index, (want, have) in enumerate(zip(expected, got)):
+        if want != have:
+            raise ConversionError(
+                f"AutoTokenizer reloads the saved tokenizer as {type(reloaded).__name__}, which tokenises differently "
+                f"from the training tokenizer ({type(training_tokenizer).__name__}): verification conversation {index} "
+                f"gives {len(have)} tokens instead of {len(want)}. Train with the tokenizer class that matches the "
+                "model type, or export with --no-verify and ship your own tokenizer."
+            )
+
+
 def _scores_of_export(folder: str, is_internlm2: bool, dtype, reward_token_id) -> torch.Tensor:
     """Load the folder fresh through transformers' Auto classes and score the same conversations."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=is_internlm2)
     if is_internlm2:
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+        # The folder's own code, as users load it: in this process rmtrain's registered InternLM2
+        # classes would otherwise take precedence over the folder's auto_map.
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        model_class = get_class_from_dynamic_module("modeling_internlm2.InternLM2ForRewardModel", folder)
+        model = model_class.from_pretrained(folder, dtype=dtype).eval()
         return torch.tensor(model.get_scores(tokenizer, VERIFY_CONVERSATIONS), dtype=torch.float32)
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval()
-    template = tokenizer.chat_template
-    ids = [
-        encode_conversation(tokenizer, chat[:-1], chat[-1:], 10**6, reward_token_id, template).input_ids
-        for chat in VERIFY_CONVERSATIONS
-    ]
+    ids = _verify_ids(tokenizer, tokenizer.chat_template, reward_token_id)
     # Pad with the exported pad token and let the model find each row's last real token itself.
     input_ids, attention_mask = pad_sequences(ids, pad_token_id=model.config.pad_token_id)
     with torch.no_grad():
@@ -242,6 +264,7 @@ def convert_pth_to_hf(
 
     largest = None
     if verify:
+        _check_saved_tokenizer(partial, tokenizer, template, reward_token_id, is_internlm2)
         exported_scores = _scores_of_export(partial, is_internlm2, dtype, reward_token_id)
         largest = (exported_scores - reference).abs().max().item()
         scale = max(1.0, reference.abs().max().item())

@@ -63,8 +63,15 @@ class LinearWarmupLR(LinearLR):
     start + (end - start) * (N - 1) / N, one step short of `end_factor`; the chained cosine after it
     keeps the shortfall for the rest of the run. With a warm-up that rounds to one iteration (small
     data), the whole run trains at lr * start_factor. Here the factor goes from `start_factor` at the
-    first step to `end_factor` at the last one (a one-step warm-up is no warm-up).
+    first step to `end_factor` at the last one (a one-step warm-up is no warm-up), and a warm-up that
+    rounds to zero iterations becomes one instead of mmengine's "end should be larger than begin".
     """
+
+    @classmethod
+    def build_iter_from_epoch(cls, *args, begin=0, end=None, by_epoch=True, epoch_length=None, **kwargs):
+        begin_iter = int(begin * epoch_length)
+        end_iter = max(int(end * epoch_length), begin_iter + 1)
+        return cls(*args, begin=begin_iter, end=end_iter, by_epoch=False, **kwargs)
 
     def _get_value(self):
         steps = self.end - self.begin
