@@ -147,9 +147,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model = AutoModelForSequenceClassification.from_pretrained(PATH)
 tokenizer = AutoTokenizer.from_pretrained(PATH)
 chat = [{{"role": "user", "content": "Hello"}}, {{"role": "assistant", "content": "Hi! How can I help?"}}]
-ids = tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False)
-{"ids = ids + [model.config.reward_token_id] if ids[-1] != model.config.reward_token_id else ids" if reward_token_id is not None else ""}
-score = model(torch.tensor([ids])).logits[0, 0].item()
+text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+{"if ids[-1] != model.config.reward_token_id:" + chr(10) + "    ids.append(model.config.reward_token_id)" if reward_token_id is not None else ""}
+with torch.no_grad():
+    score = model(torch.tensor([ids])).logits[0, 0].item()
 ```
 Batches: pad with `tokenizer.pad_token_id` (id {pad_token_id}, never a real last token) on either side."""
     return f"""# Reward model ({architecture})
@@ -264,27 +266,35 @@ def convert_pth_to_hf(
 
     largest = None
     if verify:
-        _check_saved_tokenizer(partial, tokenizer, template, reward_token_id, is_internlm2)
-        exported_scores = _scores_of_export(partial, is_internlm2, dtype, reward_token_id)
-        largest = (exported_scores - reference).abs().max().item()
-        scale = max(1.0, reference.abs().max().item())
-        tolerance = FP32_TOLERANCE if fp32 else BF16_TOLERANCE * scale
-        print_log(
-            f"verification: {architecture} reloaded through transformers scores {len(VERIFY_CONVERSATIONS)} "
-            f"conversations within {largest:.3g} of the training model (tolerance {tolerance:.3g}, "
-            f"{'fp32' if fp32 else 'bf16'})",
-            logger="current",
-        )
-        if not largest <= tolerance:
+        try:
+            largest = _verify(partial, tokenizer, template, reward_token_id, is_internlm2, dtype, reference, fp32)
+        except Exception as error:
             failed = save_dir.rstrip("/") + ".unverified"
             shutil.rmtree(failed, ignore_errors=True)
             os.replace(partial, failed)
-            raise ConversionError(
-                f"the exported model scores differ from the training model by {largest:.3g} "
-                f"(tolerance {tolerance:.3g}); the folder was left at {failed} for inspection"
-            )
+            raise ConversionError(f"{error}; the unverified folder was left at {failed} for inspection") from error
     if os.path.isdir(save_dir):
         shutil.rmtree(save_dir)
     os.replace(partial, save_dir)
     print_log(f"saved {architecture} to {save_dir}", logger="current")
+    return largest
+
+
+def _verify(folder, tokenizer, template, reward_token_id, is_internlm2, dtype, reference, fp32) -> float:
+    """Reload `folder` as users will and compare; raises ConversionError beyond the tolerance."""
+    _check_saved_tokenizer(folder, tokenizer, template, reward_token_id, is_internlm2)
+    exported_scores = _scores_of_export(folder, is_internlm2, dtype, reward_token_id)
+    largest = (exported_scores - reference).abs().max().item()
+    scale = max(1.0, reference.abs().max().item())
+    tolerance = FP32_TOLERANCE if fp32 else BF16_TOLERANCE * scale
+    print_log(
+        f"verification: the folder reloaded through transformers scores {len(VERIFY_CONVERSATIONS)} "
+        f"conversations within {largest:.3g} of the training model (tolerance {tolerance:.3g}, "
+        f"{'fp32' if fp32 else 'bf16'})",
+        logger="current",
+    )
+    if not largest <= tolerance:
+        raise ConversionError(
+            f"the exported model scores differ from the training model by {largest:.3g} (tolerance {tolerance:.3g})"
+        )
     return largest

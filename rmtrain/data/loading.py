@@ -51,9 +51,11 @@ def load_records(dataset_cfg, split: str = "train") -> datasets.Dataset:
     except datasets.exceptions.DatasetGenerationError as error:
         cause = error.__cause__ or error
         raise RmtrainError(f"cannot read {describe_source(dataset_cfg)}: {type(cause).__name__}: {cause}") from error
+    except FileNotFoundError as error:
+        raise RmtrainError(f"data not found ({describe_source(dataset_cfg)}): {error}") from error
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
-            raise ValueError(f"the dataset has no '{split}' split (it has {', '.join(dataset)})")
+            raise ConfigError(f"the dataset has no '{split}' split (it has {', '.join(dataset)})")
         dataset = dataset[split]
     if not isinstance(dataset, datasets.Dataset):
         dataset = datasets.Dataset.from_list(list(dataset))

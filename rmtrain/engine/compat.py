@@ -24,7 +24,8 @@ def load_checkpoint_file(filename: str, trusted_dirs: list[str], map_location="c
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{filename} can not be found.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: tensors are read from the file as they are used, not all copied into memory first
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         roots = [os.path.realpath(directory) for directory in trusted_dirs]
         if not any(os.path.commonpath([path, root]) == root for root in roots):
@@ -32,7 +33,7 @@ def load_checkpoint_file(filename: str, trusted_dirs: list[str], map_location="c
                 f"{filename} holds Python objects beyond tensors and lies outside {', '.join(trusted_dirs)}; "
                 "rmtrain loads such checkpoints only from where its own runs wrote them"
             ) from None
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=True)
 
 
 def allow_trusted_checkpoint_loading(trusted_dirs: list[str]) -> None:

@@ -50,7 +50,11 @@ def _check_option_key(cfg: Config, key: str) -> None:
         walked.append(part)
     top = key.split(".")[0]
     if top not in ENGINE_KEYS:
-        uses = [path for name in ENGINE_KEYS if name in cfg for path in _paths_with_value(cfg[name], cfg[top], name)]
+        value = cfg[top]
+        uses = [path for name in ENGINE_KEYS if name in cfg for path in _paths_with_value(cfg[name], value, name)]
+        same_name = [path for path in uses if path.rsplit(".", 1)[-1] == top]
+        # Small integers and booleans match unrelated keys by value; keep only same-named ones then.
+        uses = same_name or ([] if isinstance(value, (bool, int)) else uses)
         hint = f" Override where it is used instead: {', '.join(uses[:6])}." if uses else ""
         raise ConfigError(
             f"--cfg-options key '{key}': '{top}' is a settings variable that the config already used "
