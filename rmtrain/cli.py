@@ -27,9 +27,12 @@ def _copy_cfg(args) -> int:
 
 
 def _train(args) -> int:
+    from rmtrain.engine.launch import launch_with_torchrun, torchrun_requested
     from rmtrain.recipes import resolve_config
 
     resolve_config(args.config)  # a wrong name fails at once, before the training stack is imported
+    if args.launcher == "none" and torchrun_requested():
+        return launch_with_torchrun(args.raw_argv)  # every process re-runs this command with --launcher pytorch
     from rmtrain.engine.train import train
 
     train(
@@ -128,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.raw_argv = argv
     try:
         if getattr(args, "cfg_options", None):
             args.cfg_options = _parse_cfg_options(args.cfg_options)

@@ -94,6 +94,10 @@ class PreferenceDataset:
         row = self.pairs[index]
         return {"chosen_ids": row["chosen_ids"], "rejected_ids": row["rejected_ids"], "margin": row["margin"]}
 
+    def in_memory(self) -> "PreferenceDataset":
+        """The same pairs held in memory, so the data set can be sent to other processes and nodes."""
+        return PreferenceDataset(self.pairs.flatten_indices(keep_in_memory=True), self.summary)
+
     def __deepcopy__(self, memo):
         # Built once and never changed: mmengine deep-copies dataloader configs, share instead.
         return self

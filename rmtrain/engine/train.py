@@ -5,30 +5,29 @@ the library workarounds, build the data first (bad records fail before a model i
 hand everything to mmengine's Runner.
 """
 
+import logging
 import os
 import random
 from pathlib import Path
 
+import torch
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from rmtrain.builder import build
 from rmtrain.engine.compat import allow_trusted_checkpoint_loading, load_checkpoint_file
 from rmtrain.engine.config import load_config
+from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook
+from rmtrain.engine.launch import init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.errors import ConfigError
 
-NOT_READY = "is not ready yet in this version of rmtrain; train on one device (no --launcher/--deepspeed)"
-
-
 def _check_launch(launcher: str, deepspeed: str | None) -> None:
-    if launcher != "none":
-        raise ConfigError(f"--launcher {launcher} {NOT_READY}")
     if deepspeed:
-        raise ConfigError(f"--deepspeed {NOT_READY}")
-    for variable in ("NPROC_PER_NODE", "NNODES"):
-        if int(os.environ.get(variable, "1")) > 1:
-            raise ConfigError(f"{variable}>1 (multi-process training) {NOT_READY}")
+        raise ConfigError("--deepspeed is not ready yet in this version of rmtrain")
+    if launcher == "none" and torchrun_requested():
+        raise ConfigError("NPROC_PER_NODE/NNODES > 1: start training through the `rmtrain train` command")
 
 
 def default_work_dir(config_path: str) -> str:
@@ -51,6 +50,31 @@ def find_resume_checkpoint(resume: str | None, work_dir: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def _share_seed(seed: int | None) -> int:
+    """Every rank must shuffle with the same seed: rank 0 picks one when none is given."""
+    return on_rank0_then_share(lambda: seed if seed is not None else random.randint(0, 2**31 - 1))
+
+
+def _align_checkpoints_to_accumulation(cfg, logger_print) -> None:
+    """In multi-process runs, save only at accumulation-window ends.
+
+    Gradients accumulated inside a window are local to each rank (not yet all-reduced) and only
+    rank 0 writes checkpoints, so a mid-window checkpoint could not resume exactly.
+    """
+    accumulation = cfg.optim_wrapper.get("accumulative_counts", 1)
+    checkpoint = (cfg.get("default_hooks") or {}).get("checkpoint")
+    if world_size() == 1 or accumulation <= 1 or not checkpoint or "interval" not in checkpoint:
+        return
+    interval = checkpoint["interval"]
+    if interval % accumulation:
+        aligned = (interval // accumulation + 1) * accumulation
+        checkpoint["interval"] = aligned
+        logger_print(
+            f"checkpoint interval {interval} is not a multiple of accumulative_counts={accumulation}; "
+            f"saving every {aligned} iterations so that multi-process checkpoints fall at window ends"
+        )
+
+
 def checkpoint_seed(path: str) -> int | None:
     checkpoint = load_checkpoint_file(path, [os.path.dirname(path)])
     return checkpoint.get("meta", {}).get("seed")
@@ -66,6 +90,8 @@ def train(
     deepspeed: str | None = None,
 ) -> Runner:
     _check_launch(launcher, deepspeed)
+    if launcher != "none":
+        init_distributed(launcher)
     cfg = load_config(config, cfg_options)
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
     os.makedirs(work_dir, exist_ok=True)
@@ -78,13 +104,23 @@ def train(
         seed = checkpoint_seed(resume_from)
     if seed is None:
         seed = randomness.get("seed")
-    if seed is None:
-        seed = random.randint(0, 2**31 - 1)
-    randomness["seed"] = seed
+    randomness["seed"] = _share_seed(seed)
     cfg.randomness = randomness
+    _align_checkpoints_to_accumulation(cfg, lambda message: print_log(message, logger="current", level=logging.WARNING))
+    if is_distributed():
+        cfg.model_wrapper_cfg = dict(
+            type="MMDistributedDataParallel",
+            # On CPU (gloo) DDP takes no device ids; on GPUs mmengine fills in LOCAL_RANK.
+            **({} if torch.cuda.is_available() else {"device_ids": None}),
+        )
 
     # Data first: a bad record or reward token fails in seconds, before a large model is loaded.
-    train_dataset = build(cfg.train_dataloader.dataset)
+    # Tokenised once, on rank 0, and shared with the other ranks.
+    def build_train_dataset():
+        dataset = build(cfg.train_dataloader.dataset)
+        return dataset.in_memory() if is_distributed() else dataset
+
+    train_dataset = on_rank0_then_share(build_train_dataset)
     train_dataloader = dict(cfg.train_dataloader)
     train_dataloader["dataset"] = train_dataset
 
@@ -105,7 +141,7 @@ def train(
         resume=resume_from is not None,
         load_from=resume_from,
         log_level=cfg.get("log_level", "INFO"),
-        launcher="none",
+        launcher=launcher,  # the process group already exists; mmengine only wraps the model in DDP
         cfg=cfg,
     )
     runner.logger.info(train_dataset.summary_text())

@@ -1,6 +1,7 @@
 """The reward model: a language-model trunk without its LM head, plus a scalar value head."""
 
 import torch
+import torch.distributed as dist
 from mmengine.model import BaseModel
 from torch import nn
 
@@ -72,6 +73,21 @@ class RewardModel(BaseModel):
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, score_positions(attention_mask)]
         return self.v_head(last.to(self.v_head.weight.dtype)).squeeze(-1).float()
+
+    def parse_losses(self, losses: dict):
+        """Backward uses this rank's loss; the logged values are over all ranks.
+
+        num_samples and num_tokens are summed over ranks, the other values averaged (every rank
+        sees the same number of pairs per step).
+        """
+        loss, log_vars = super().parse_losses(losses)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            names = list(log_vars)
+            values = torch.stack([log_vars[name].detach().float() for name in names])
+            dist.all_reduce(values)
+            for name, value in zip(names, values):
+                log_vars[name] = value if name in ("num_samples", "num_tokens") else value / dist.get_world_size()
+        return loss, log_vars
 
     def forward(self, data: dict, data_samples=None, mode: str = "loss"):
         """`data` from `preference_collate_fn`: chosen rows first, then the rejected rows of the same pairs."""
