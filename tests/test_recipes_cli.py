@@ -112,11 +112,12 @@ def test_cli_copy_cfg_unknown_name(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_train_slurm_not_ready(capsys):
+def test_cli_train_slurm_outside_srun_is_a_clear_error(capsys, monkeypatch):
+    for name in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
     assert cli.main(["train", TINY, "--launcher", "slurm"]) == 2
     err = capsys.readouterr().err
-    assert "not ready yet" in err
-    assert "slurm" in err
+    assert "SLURM_PROCID" in err and "srun" in err
 
 
 def test_cli_train_deepspeed_not_ready(capsys):
