@@ -130,7 +130,7 @@ def test_first_slurm_host(nodelist, first):
 
 def test_slurm_environment(monkeypatch):
     for name, value in dict(SLURM_PROCID="3", SLURM_NTASKS="16", SLURM_LOCALID="3", SLURM_NODELIST="node[1-2]",
-                            SLURM_NTASKS_PER_NODE="8(x2)", SLURM_JOB_ID="12345").items():
+                            SLURM_TASKS_PER_NODE="8(x2)", SLURM_JOB_ID="12345").items():
         monkeypatch.setenv(name, value)
     for name in ("MASTER_ADDR", "MASTER_PORT", "PORT"):
         monkeypatch.delenv(name, raising=False)
