@@ -31,6 +31,10 @@ def _train(args) -> int:
     from rmtrain.recipes import resolve_config
 
     resolve_config(args.config)  # a wrong name fails at once, before the training stack is imported
+    if args.deepspeed:
+        from rmtrain.engine.deepspeed import resolve_deepspeed_config
+
+        resolve_deepspeed_config(args.deepspeed)  # in this process, not once per torchrun rank
     if args.launcher == "none" and torchrun_requested():
         return launch_with_torchrun(args.raw_argv)  # every process re-runs this command with --launcher pytorch
     from rmtrain.engine.train import train

@@ -19,6 +19,7 @@ from mmengine.logging import print_log
 from rmtrain.builder import build
 from rmtrain.engine.compat import load_checkpoint_file
 from rmtrain.engine.config import load_config
+from rmtrain.engine.deepspeed import deepspeed_model_state_dict, is_deepspeed_checkpoint
 from rmtrain.errors import RmtrainError
 from rmtrain.scoring import encode_conversation, ensure_distinct_pad_token, pad_sequences, resolve_chat_template
 
@@ -51,8 +52,11 @@ def _check_save_dir(save_dir: str, overwrite: bool) -> None:
 
 
 def _read_state_dict(pth: str) -> dict:
+    """The model's state dict from an iter_N.pth file, or from the iter_N.pth/ folder of a DeepSpeed run."""
     if os.path.isdir(pth):
-        raise ConversionError(f"{pth} is a folder; give an iter_N.pth checkpoint file")
+        if not is_deepspeed_checkpoint(pth):
+            raise ConversionError(f"{pth} is a folder but not a DeepSpeed checkpoint; give an iter_N.pth checkpoint")
+        return deepspeed_model_state_dict(pth)
     if not os.path.isfile(pth):
         raise ConversionError(f"checkpoint not found: {pth}")
     # The user names this file explicitly, so a full (non-weights-only) load is allowed for it.

@@ -3,8 +3,10 @@
 Nothing else in rmtrain works around a library bug; add new ones here with their version.
 """
 
+import importlib
 import os
 import pickle
+import warnings
 
 import torch
 from mmengine.optim import LinearLR
@@ -79,3 +81,51 @@ class LinearWarmupLR(LinearLR):
         progress = 1.0 if steps <= 1 else min(self.last_step, steps - 1) / (steps - 1)
         factor = self.start_factor + (self.end_factor - self.start_factor) * progress
         return [base_value * factor for base_value in self.base_values]
+
+
+# (module, class) pairs that mmengine <= 0.10.7 registers as DeepSpeed optimizers.
+_DEEPSPEED_OPTIMIZERS = (
+    ("deepspeed.ops.adam", "DeepSpeedCPUAdam"),
+    ("deepspeed.ops.adam", "FusedAdam"),
+    ("deepspeed.ops.lamb", "FusedLamb"),
+    ("deepspeed.runtime.fp16.onebit", "OnebitAdam"),
+    ("deepspeed.runtime.fp16.onebit", "OnebitLamb"),
+    ("deepspeed.runtime.fp16.onebit", "ZeroOneAdam"),
+)
+
+
+def _register_existing_deepspeed_optimizers() -> list[str]:
+    from mmengine.registry import OPTIMIZERS
+
+    registered = []
+    for module_name, class_name in _DEEPSPEED_OPTIMIZERS:
+        try:
+            optimizer = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            continue
+        if class_name not in OPTIMIZERS.module_dict:
+            OPTIMIZERS.register_module(module=optimizer)
+        registered.append(class_name)
+    return registered
+
+
+def patch_mmengine_deepspeed_strategy() -> None:
+    """Let mmengine's DeepSpeedStrategy start with deepspeed >= 0.19.7.
+
+    mmengine <= 0.10.7 registers DeepSpeed's optimizers when a DeepSpeedStrategy is built, importing
+    `deepspeed.runtime.fp16.onebit`, which deepspeed 0.19.7 removed (1-bit Adam/LAMB, 0/1 Adam):
+    "No module named 'deepspeed.runtime.fp16.onebit'". Registered instead: those that still exist.
+    """
+    from mmengine._strategy import deepspeed as mmengine_deepspeed
+
+    mmengine_deepspeed.register_deepspeed_optimizers = _register_existing_deepspeed_optimizers
+
+
+def quiet_deepspeed_collective_warnings() -> None:
+    """Hide the FutureWarning of torch 2.13 for the collectives that DeepSpeed 0.19.8 ZeRO still calls.
+
+    `all_gather_into_tensor` and `reduce_scatter_tensor` are deprecated in torch; DeepSpeed's ZeRO-2/3
+    call them in every step, repeating the warning through the whole log of every rank.
+    """
+    for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+        warnings.filterwarnings("ignore", message=f"`torch.distributed.{name}` is deprecated", category=FutureWarning)

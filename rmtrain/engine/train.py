@@ -2,7 +2,8 @@
 
 Read top to bottom: load and check the config, settle the work dir, seed and resume point, apply
 the library workarounds, build the data first (bad records fail before a model is loaded), then
-hand everything to mmengine's Runner.
+hand everything to mmengine's Runner (or, with --deepspeed, to its FlexibleRunner with a
+DeepSpeedStrategy: same data, hooks, logs and seed; DeepSpeed owns the optimizer step).
 """
 
 import logging
@@ -12,26 +13,39 @@ from pathlib import Path
 
 import torch
 from mmengine.logging import print_log
-from mmengine.runner import Runner
+from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 
 from rmtrain.builder import build
 from rmtrain.engine.compat import allow_trusted_checkpoint_loading, load_checkpoint_file
 from rmtrain.engine.config import load_config
+from rmtrain.engine.deepspeed import deepspeed_checkpoint_meta, deepspeed_runner_kwargs, is_deepspeed_checkpoint
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook
-from rmtrain.engine.launch import init_distributed, torchrun_requested
+from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.errors import ConfigError
 
-def _check_launch(launcher: str, deepspeed: str | None) -> None:
-    if deepspeed:
-        raise ConfigError("--deepspeed is not ready yet in this version of rmtrain")
+
+def _check_launch(launcher: str) -> None:
     if launcher == "none" and torchrun_requested():
         raise ConfigError("NPROC_PER_NODE/NNODES > 1: start training through the `rmtrain train` command")
 
 
+def _single_process_group_environment() -> None:
+    """DeepSpeed needs a process group even in one process: the environment of a one-process torchrun."""
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+    )  # fmt: skip
+
+
 def default_work_dir(config_path: str) -> str:
     return os.path.join("work_dirs", Path(config_path).stem)
+
+
+def _is_checkpoint(path: str) -> bool:
+    """An iter_N.pth file, or the iter_N.pth/ folder that a DeepSpeed run writes."""
+    return os.path.isfile(path) or is_deepspeed_checkpoint(path)
 
 
 def find_resume_checkpoint(resume: str | None, work_dir: str) -> str | None:
@@ -39,15 +53,28 @@ def find_resume_checkpoint(resume: str | None, work_dir: str) -> str | None:
     if resume is None:
         return None
     if resume != "auto":
-        if not os.path.isfile(resume):
-            raise ConfigError(f"--resume {resume}: no such checkpoint file")
+        if not _is_checkpoint(resume):
+            raise ConfigError(f"--resume {resume}: no such checkpoint file (or DeepSpeed checkpoint folder)")
         return resume
     pointer = os.path.join(work_dir, "last_checkpoint")
     if not os.path.isfile(pointer):
         return None
-    # mmengine writes this pointer only after a checkpoint file is completely saved.
+    # mmengine writes this pointer only after a checkpoint is completely saved.
     path = Path(pointer).read_text().strip()
-    return path if os.path.isfile(path) else None
+    return path if _is_checkpoint(path) else None
+
+
+def _check_resume_kind(resume_from: str | None, deepspeed: str | None) -> None:
+    if resume_from and is_deepspeed_checkpoint(resume_from) != bool(deepspeed):
+        written_by = "a DeepSpeed run" if deepspeed is None else "a run without DeepSpeed"
+        raise ConfigError(
+            f"{resume_from} was written by {written_by}; resume it "
+            f"{'with' if deepspeed is None else 'without'} --deepspeed"
+        )
+
+
+def _warn(message: str) -> None:
+    print_log(message, logger="current", level=logging.WARNING)
 
 
 def _share_seed(seed: int | None) -> int:
@@ -55,15 +82,16 @@ def _share_seed(seed: int | None) -> int:
     return on_rank0_then_share(lambda: seed if seed is not None else random.randint(0, 2**31 - 1))
 
 
-def _align_checkpoints_to_accumulation(cfg, logger_print) -> None:
-    """In multi-process runs, save only at accumulation-window ends.
+def _align_checkpoints_to_accumulation(cfg, logger_print, deepspeed: bool) -> None:
+    """In multi-process and DeepSpeed runs, save only at accumulation-window ends.
 
     Gradients accumulated inside a window are local to each rank (not yet all-reduced) and only
-    rank 0 writes checkpoints, so a mid-window checkpoint could not resume exactly.
+    rank 0 writes checkpoints, so a mid-window checkpoint could not resume exactly. DeepSpeed keeps
+    them in its own buffers, which its checkpoints leave out, even in one process.
     """
     accumulation = cfg.optim_wrapper.get("accumulative_counts", 1)
     checkpoint = (cfg.get("default_hooks") or {}).get("checkpoint")
-    if world_size() == 1 or accumulation <= 1 or not checkpoint or "interval" not in checkpoint:
+    if (world_size() == 1 and not deepspeed) or accumulation <= 1 or not checkpoint or "interval" not in checkpoint:
         return
     interval = checkpoint["interval"]
     if interval % accumulation:
@@ -71,13 +99,35 @@ def _align_checkpoints_to_accumulation(cfg, logger_print) -> None:
         checkpoint["interval"] = aligned
         logger_print(
             f"checkpoint interval {interval} is not a multiple of accumulative_counts={accumulation}; "
-            f"saving every {aligned} iterations so that multi-process checkpoints fall at window ends"
+            f"saving every {aligned} iterations so that checkpoints fall at window ends"
         )
 
 
 def checkpoint_seed(path: str) -> int | None:
+    if is_deepspeed_checkpoint(path):
+        return deepspeed_checkpoint_meta(path).get("seed")
     checkpoint = load_checkpoint_file(path, [os.path.dirname(path)])
     return checkpoint.get("meta", {}).get("seed")
+
+
+def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
+    """Runner with the config's optimizer wrapper (DDP in multi-process runs), or FlexibleRunner with DeepSpeed."""
+    if deepspeed:
+        # FlexibleRunner builds the model late, after its data loader has drawn from the random
+        # generator: built here, right after seeding as Runner does, it starts from the same weights.
+        set_random_seed(**cfg.randomness)
+        model = build(cfg.model)
+        kwargs = deepspeed_runner_kwargs(deepspeed, cfg, world_size())
+        return FlexibleRunner, dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
+    if is_distributed():
+        cfg.model_wrapper_cfg = dict(
+            type="MMDistributedDataParallel",
+            # On CPU (gloo) DDP takes no device ids; on GPUs mmengine fills in LOCAL_RANK.
+            **({} if torch.cuda.is_available() else {"device_ids": None}),
+        )
+    # Saves and restores gradients accumulated mid-window (DeepSpeed runs save only at window ends).
+    custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook()]
+    return Runner, dict(model=cfg.model, optim_wrapper=cfg.optim_wrapper, custom_hooks=custom_hooks)
 
 
 def train(
@@ -88,8 +138,11 @@ def train(
     cfg_options: dict | None = None,
     launcher: str = "none",
     deepspeed: str | None = None,
-) -> Runner:
-    _check_launch(launcher, deepspeed)
+) -> Runner | FlexibleRunner:
+    _check_launch(launcher)
+    if deepspeed and launcher == "none":
+        _single_process_group_environment()
+        launcher = "pytorch"
     if launcher != "none":
         init_distributed(launcher)
     cfg = load_config(config, cfg_options)
@@ -97,6 +150,7 @@ def train(
     os.makedirs(work_dir, exist_ok=True)
 
     resume_from = find_resume_checkpoint(resume, work_dir)
+    _check_resume_kind(resume_from, deepspeed)
     allow_trusted_checkpoint_loading([work_dir] + ([os.path.dirname(resume_from)] if resume_from else []))
     # The sampler's shuffle order comes from the seed: a resumed run must reuse the one it started with.
     randomness = dict(cfg.get("randomness") or {})
@@ -106,13 +160,7 @@ def train(
         seed = randomness.get("seed")
     randomness["seed"] = _share_seed(seed)
     cfg.randomness = randomness
-    _align_checkpoints_to_accumulation(cfg, lambda message: print_log(message, logger="current", level=logging.WARNING))
-    if is_distributed():
-        cfg.model_wrapper_cfg = dict(
-            type="MMDistributedDataParallel",
-            # On CPU (gloo) DDP takes no device ids; on GPUs mmengine fills in LOCAL_RANK.
-            **({} if torch.cuda.is_available() else {"device_ids": None}),
-        )
+    _align_checkpoints_to_accumulation(cfg, _warn, deepspeed=bool(deepspeed))
 
     # Data first: a bad record or reward token fails in seconds, before a large model is loaded.
     # Tokenised once, on rank 0, and shared with the other ranks.
@@ -124,16 +172,13 @@ def train(
     train_dataloader = dict(cfg.train_dataloader)
     train_dataloader["dataset"] = train_dataset
 
-    custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook()]
-    runner = Runner(
-        model=cfg.model,
+    runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed)
+    runner = runner_class(
         work_dir=work_dir,
         train_dataloader=train_dataloader,
         train_cfg=cfg.train_cfg,
-        optim_wrapper=cfg.optim_wrapper,
         param_scheduler=cfg.get("param_scheduler"),
         default_hooks=cfg.get("default_hooks"),
-        custom_hooks=custom_hooks,
         log_processor=cfg.get("log_processor") or dict(type=RewardLogProcessor, by_epoch=False),
         visualizer=cfg.get("visualizer"),
         env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="nccl"))),
@@ -141,8 +186,9 @@ def train(
         resume=resume_from is not None,
         load_from=resume_from,
         log_level=cfg.get("log_level", "INFO"),
-        launcher=launcher,  # the process group already exists; mmengine only wraps the model in DDP
+        launcher=launcher,  # the process group already exists; mmengine only wraps the model
         cfg=cfg,
+        **runner_kwargs,
     )
     runner.logger.info(train_dataset.summary_text())
     if resume is not None and resume_from is None:

@@ -129,7 +129,7 @@ def test_bad_record_fails_before_training(tmp_path):
         (["tiny_llama_reward_demo"], "Closest names: tiny_llama_reward_full_demo"),
         (["missing_file.py"], "config file not found"),
         (["tiny_llama_reward_full_demo", "--cfg-options", "optim_wrapper.optimzer.lr=1e-4"], "Did you mean"),
-        (["tiny_llama_reward_full_demo", "--deepspeed", "deepspeed_zero2"], "not ready yet"),
+        (["tiny_llama_reward_full_demo", "--deepspeed", "zero9"], "zero2, zero2_offload, zero3"),
     ],
 )
 def test_train_rejects_bad_arguments_clearly(tmp_path, args, message):

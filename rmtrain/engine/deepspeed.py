@@ -1,0 +1,165 @@
+"""`--deepspeed NAME_OR_PATH`: train with DeepSpeed ZeRO through mmengine's FlexibleRunner.
+
+The DeepSpeed JSON (a built-in one from configs/deepspeed/ or the user's own) leaves the settings
+that the rmtrain config already has to "auto"; they are filled in from the config here:
+
+  gradient_accumulation_steps     <- optim_wrapper.accumulative_counts
+  train_micro_batch_size_per_gpu  <- train_dataloader.batch_size
+  gradient_clipping               <- optim_wrapper.clip_grad.max_norm (0: none)
+  bf16.enabled                    <- optim_wrapper.dtype / mixed_precision, where the device has bf16
+  fp16.enabled                    <- off (rmtrain trains in bf16 or fp32)
+
+A concrete JSON value that disagrees with the rmtrain config is replaced, with a warning, so that
+one file (the rmtrain config) decides how the model trains.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from rmtrain.errors import ConfigError
+from rmtrain.recipes import shipped_config_dir
+
+PREFIX = "deepspeed_"
+
+
+def builtin_deepspeed_configs() -> dict[str, Path]:
+    """'deepspeed_zero2' -> configs/deepspeed/deepspeed_zero2.json, for every shipped DeepSpeed JSON."""
+    return {path.stem: path for path in sorted((shipped_config_dir() / "deepspeed").glob(f"{PREFIX}*.json"))}
+
+
+def resolve_deepspeed_config(name_or_path: str) -> Path:
+    """A JSON path as given, or a built-in name with or without its prefix ('zero2', 'deepspeed_zero2')."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    builtins = builtin_deepspeed_configs()
+    name = name_or_path if name_or_path.startswith(PREFIX) else PREFIX + name_or_path
+    if name in builtins:
+        return builtins[name]
+    if path.suffix == ".json" or "/" in name_or_path:
+        raise ConfigError(f"--deepspeed {name_or_path}: no such DeepSpeed config file")
+    names = ", ".join(name.removeprefix(PREFIX) for name in builtins)
+    raise ConfigError(
+        f"--deepspeed {name_or_path}: not a built-in DeepSpeed config ({names}, each also with the "
+        f"'{PREFIX}' prefix) nor a JSON file"
+    )
+
+
+def read_deepspeed_config(name_or_path: str) -> dict:
+    path = resolve_deepspeed_config(name_or_path)
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--deepspeed {path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--deepspeed {path}: the JSON must be an object")
+    return config
+
+
+def _warn(message: str) -> None:
+    from mmengine.logging import print_log
+
+    print_log(message, logger="current", level=logging.WARNING)
+
+
+def _settle(config: dict, dotted_key: str, value) -> None:
+    """Set `dotted_key` to the rmtrain config's `value`; warn if the JSON gave another value than "auto"."""
+    *parents, last = dotted_key.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    given = node.get(last, "auto")
+    if given != "auto" and given != value:
+        _warn(f"DeepSpeed config sets {dotted_key}={given!r}, the rmtrain config gives {value!r}: using {value!r}")
+    node[last] = value
+
+
+def _auto_left(node, prefix="") -> list[str]:
+    if isinstance(node, dict):
+        return [key for name, item in node.items() for key in _auto_left(item, f"{prefix}{name}.")]
+    return [prefix.rstrip(".")] if node == "auto" else []
+
+
+def _bf16_wanted(cfg) -> bool:
+    import torch
+
+    from rmtrain.engine.precision import bf16_supported
+
+    dtype = cfg.optim_wrapper.get("dtype", cfg.get("mixed_precision", "auto"))
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return dtype == "bfloat16" or (dtype == "auto" and bf16_supported(device_type))
+
+
+def deepspeed_config(name_or_path: str, cfg, world_size: int) -> dict:
+    """The DeepSpeed config for this run: the JSON with its "auto" values taken from `cfg`."""
+    config = read_deepspeed_config(name_or_path)
+    for section in ("optimizer", "scheduler"):
+        if config.pop(section, None) is not None:
+            _warn(f"DeepSpeed config has a '{section}' section; rmtrain uses the one of its config instead")
+    optim = cfg.optim_wrapper
+    accumulation = optim.get("accumulative_counts", 1)
+    micro_batch = cfg.train_dataloader.batch_size
+    _settle(config, "gradient_accumulation_steps", accumulation)
+    _settle(config, "train_micro_batch_size_per_gpu", micro_batch)
+    _settle(config, "gradient_clipping", float((optim.get("clip_grad") or {}).get("max_norm", 0.0)))
+    _settle(config, "bf16.enabled", _bf16_wanted(cfg))
+    _settle(config, "fp16.enabled", False)
+    if "train_batch_size" in config:
+        _settle(config, "train_batch_size", micro_batch * accumulation * world_size)
+    left = _auto_left(config)
+    if left:
+        raise ConfigError(f"--deepspeed {name_or_path}: rmtrain cannot fill in \"auto\" for {', '.join(left)}")
+    return config
+
+
+def deepspeed_runner_kwargs(name_or_path: str, cfg, world_size: int) -> dict:
+    """FlexibleRunner arguments: a DeepSpeedStrategy and a DeepSpeedOptimWrapper around the config's optimizer."""
+    from mmengine._strategy import DeepSpeedStrategy
+    from mmengine._strategy.deepspeed import DeepSpeedOptimWrapper
+
+    from rmtrain.engine.compat import patch_mmengine_deepspeed_strategy, quiet_deepspeed_collective_warnings
+
+    patch_mmengine_deepspeed_strategy()
+    quiet_deepspeed_collective_warnings()
+    optim_wrapper = dict(type=DeepSpeedOptimWrapper, optimizer=cfg.optim_wrapper.optimizer)
+    for key in ("paramwise_cfg", "constructor"):  # how parameter groups are built still applies
+        if key in cfg.optim_wrapper:
+            optim_wrapper[key] = cfg.optim_wrapper[key]
+    return dict(
+        strategy=dict(type=DeepSpeedStrategy, config=deepspeed_config(name_or_path, cfg, world_size)),
+        optim_wrapper=optim_wrapper,
+    )
+
+
+def _model_states_files(path: str) -> list[Path]:
+    """mp_rank_00_model_states.pt (ZeRO-1/2) or zero_pp_rank_<r>_mp_rank_00_model_states.pt (ZeRO-3)."""
+    folder = Path(path)
+    return sorted(folder.glob("*model_states.pt")) if folder.is_dir() else []
+
+
+def is_deepspeed_checkpoint(path: str) -> bool:
+    """The iter_N.pth/ folder that DeepSpeed's save_checkpoint writes (through mmengine's FlexibleRunner)."""
+    return bool(_model_states_files(path))
+
+
+def deepspeed_checkpoint_meta(path: str) -> dict:
+    """mmengine's `meta` (iter, seed, ...), which FlexibleRunner hands DeepSpeed as client state."""
+    import torch
+
+    # Written by rmtrain's own DeepSpeed run: it holds mmengine objects, so it is not a weights-only file.
+    states = torch.load(_model_states_files(path)[0], map_location="cpu", weights_only=False)
+    return states.get("meta", {})
+
+
+def deepspeed_model_state_dict(path: str) -> dict:
+    """The model's full fp32 state dict, gathered from the optimizer partitions of every rank (any ZeRO stage).
+
+    Those are DeepSpeed's fp32 master weights: exact also for bf16 runs, whose module weights are bf16,
+    and for ZeRO-3, whose module file holds only this rank's slice.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    folder = os.path.normpath(path)
+    return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder) or ".", tag=os.path.basename(folder))
