@@ -1,6 +1,5 @@
 """`rmtrain convert pth_to_hf`: tiny reward models trained a few steps, exported, reloaded by transformers alone."""
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from recipe_variants import recipe_variant
 from rmtrain.builder import build
 from rmtrain.engine.config import load_config
-from rmtrain.recipes import resolve_config
 from rmtrain.scoring import encode_conversation, pad_sequences
 
 SMALL = dict(num_pairs=64, batch_size=8, max_epochs=1, save_steps=8, log_interval=1)
@@ -51,16 +50,7 @@ def rmtrain(*args, cwd):
 
 
 def demo_variant(folder: Path, name: str, replacements=(), **settings) -> Path:
-    text = resolve_config("tiny_llama_reward_full_demo").read_text()
-    for key, value in {**SMALL, **settings}.items():
-        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value!r}", text, count=1, flags=re.M)
-        assert count == 1, key
-    for old, new in replacements:
-        assert old in text, old
-        text = text.replace(old, new)
-    path = folder / f"{name}.py"
-    path.write_text(text)
-    return path
+    return recipe_variant(folder, name, replacements=replacements, **{**SMALL, **settings})
 
 
 @pytest.fixture(scope="module")

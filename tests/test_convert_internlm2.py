@@ -2,18 +2,17 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from recipe_variants import recipe_variant
 from rmtrain.builder import build
 from rmtrain.data import build_demo_preference_data, build_demo_tokenizer
 from rmtrain.engine.config import load_config
 from rmtrain.model.internlm2 import InternLM2Config, InternLM2ForCausalLM
-from rmtrain.recipes import resolve_config
 from rmtrain.scoring import encode_conversation, pad_sequences
 
 CONVERSATIONS = [
@@ -76,15 +75,11 @@ def test_internlm2_recipe_trains_on_a_local_folder_and_exports_a_reward_model(tm
     make_internlm2_folder(model_dir)
     make_ultrafeedback_folder(data_dir)
 
-    text = resolve_config("internlm2_chat_1_8b_reward_full_ultrafeedback").read_text()
-    for key, value in dict(
+    config = recipe_variant(
+        tmp_path, "internlm2_tiny", recipe="internlm2_chat_1_8b_reward_full_ultrafeedback",
         pretrained_model_name_or_path=str(model_dir), dataset_name_or_path=str(data_dir), reward_token_id=3,
         max_length=96, batch_size=8, accumulative_counts=1, save_steps=8, log_interval=1,
-    ).items():
-        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value!r}", text, count=1, flags=re.M)
-        assert count == 1, key
-    config = tmp_path / "internlm2_tiny.py"
-    config.write_text(text)
+    )  # fmt: skip
 
     cfg = load_config(str(config))
     reward_model = build(cfg.model)

@@ -6,7 +6,6 @@ under ~/.cache/torch_extensions).
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recipe_variants import recipe_variant
 from rmtrain.engine.deepspeed import deepspeed_model_state_dict, is_deepspeed_checkpoint
-from rmtrain.recipes import resolve_config
 
 # 64 pairs, 8 per step over the 2 processes: 8 iterations, checkpoints at 4 and 8.
 SETTINGS = dict(num_pairs=64, batch_size=4, max_epochs=1, mixed_precision="float32", log_interval=1, save_steps=4)
@@ -36,13 +35,7 @@ def rmtrain(*args, cwd, nproc=1, pythonpath=None, check=True):
 
 
 def demo_config(folder: Path, name: str, extra: str = "", **changes) -> Path:
-    text = resolve_config("tiny_llama_reward_full_demo").read_text()
-    for key, value in {**SETTINGS, **changes}.items():
-        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value!r}", text, count=1, flags=re.M)
-        assert count == 1, key
-    path = folder / f"{name}.py"
-    path.write_text(text + extra)
-    return path
+    return recipe_variant(folder, name, extra=extra, **{**SETTINGS, **changes})
 
 
 def logged_losses(work_dir: Path) -> list[float]:

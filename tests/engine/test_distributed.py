@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -11,22 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from recipe_variants import recipe_variant
 from rmtrain.engine.launch import first_slurm_host, slurm_environment, torchrun_command
 from rmtrain.errors import ConfigError
-from rmtrain.recipes import resolve_config
 
 HERE = Path(__file__).parent
 SMALL = dict(num_pairs=64, batch_size=4, max_epochs=1, save_steps=4, log_interval=1, mixed_precision="float32")
 
 
 def config_variant(folder: Path, name: str, extra: str = "", **settings) -> Path:
-    text = resolve_config("tiny_llama_reward_full_demo").read_text()
-    for key, value in {**SMALL, **settings}.items():
-        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value!r}", text, count=1, flags=re.M)
-        assert count == 1, key
-    path = folder / f"{name}.py"
-    path.write_text(text + extra)
-    return path
+    return recipe_variant(folder, name, extra=extra, **{**SMALL, **settings})
 
 
 def rmtrain_train(config: Path, work_dir: Path, *args, nproc: int = 1, timeout: int = 600):

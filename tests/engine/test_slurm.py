@@ -5,7 +5,6 @@ The cluster comes from tools/slurm_local_cluster.sh, which CI runs before pytest
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmtrain.recipes import resolve_config
+from recipe_variants import recipe_variant
 
 SKIP_REASON = "no local Slurm cluster: run tools/slurm_local_cluster.sh (CI does)"
 TIMEOUT_S = 300
@@ -36,13 +35,7 @@ pytestmark = pytest.mark.skipif(not idle_slurm_node(), reason=SKIP_REASON)
 
 def demo_config(tmp_path: Path, **settings) -> Path:
     """The shipped tiny demo with some PART 1 settings replaced."""
-    text = resolve_config("tiny_llama_reward_full_demo").read_text()
-    for key, value in settings.items():
-        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value!r}", text, count=1, flags=re.M)
-        assert count == 1, key
-    path = tmp_path / "slurm_demo.py"
-    path.write_text(text)
-    return path
+    return recipe_variant(tmp_path, "slurm_demo", **settings)
 
 
 def srun_train(tmp_path: Path, ntasks: int, config: Path) -> tuple[subprocess.CompletedProcess, Path]:

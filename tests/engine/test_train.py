@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmtrain.recipes import resolve_config
+from recipe_variants import recipe_variant
 
 LOG_KEYS = (
     "lr", "eta", "time", "data_time", "memory", "loss", "acc",
@@ -32,13 +31,7 @@ def run_rmtrain(*args, cwd, extra_pythonpath=None, check=True):
 
 def small_demo_config(tmp_path: Path, name: str, extra: str = "", **settings) -> Path:
     """The shipped tiny demo with some PART 1 settings replaced (e.g. num_pairs=96)."""
-    text = resolve_config("tiny_llama_reward_full_demo").read_text()
-    for key, value in settings.items():
-        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value!r}", text, count=1, flags=re.M)
-        assert count == 1, key
-    path = tmp_path / f"{name}.py"
-    path.write_text(text + extra)
-    return path
+    return recipe_variant(tmp_path, name, extra=extra, **settings)
 
 
 def read_scalars(work_dir: Path) -> list[dict]:
