@@ -179,7 +179,7 @@ def _verify_ids(tokenizer, template, reward_token_id) -> list[list[int]]:
 def _scores_of_training_model(reward_model, tokenizer, template, reward_token_id) -> torch.Tensor:
     input_ids, attention_mask = pad_sequences(_verify_ids(tokenizer, template, reward_token_id), pad_token_id=0)
     with torch.no_grad():
-        return reward_model.score(input_ids, attention_mask).float()
+        return reward_model.score({"input_ids": input_ids, "attention_mask": attention_mask})
 
 
 def _check_saved_tokenizer(folder: str, training_tokenizer, template, reward_token_id, is_internlm2: bool) -> None:

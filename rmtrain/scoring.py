@@ -159,6 +159,54 @@ def score_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.long().cumsum(dim=-1).argmax(dim=-1)
 
 
+def pack_sequences(sequences: list[list[int]]) -> dict:
+    """Concatenate id lists into one padding-free row.
+
+    Returns `input_ids` and `position_ids` [1, total] (positions restart at 0 for every sequence),
+    `cu_seq_lens` [n + 1] (int32 offsets of the sequence starts, then the total) and
+    `max_seq_len`. No attention mask: the sequence boundaries are in the position ids and offsets.
+    """
+    lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.int32)
+    cu_seq_lens = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+    cu_seq_lens[1:] = lengths.cumsum(0)
+    return {
+        "input_ids": torch.tensor([token for seq in sequences for token in seq], dtype=torch.long)[None],
+        "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
+        "cu_seq_lens": cu_seq_lens,
+        "max_seq_len": int(lengths.max()),
+    }
+
+
+def score_sequences(trunk: torch.nn.Module, value_head: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """THE scoring rule: each sequence's score is the value head at its last real token.
+
+    `batch` is either padded (`input_ids`, `attention_mask` [rows, seq] from `pad_sequences`) or
+    packed (from `pack_sequences`: one row, `position_ids`, `cu_seq_lens`). Returns [sequences]
+    fp32 scores in the order the sequences were given. Training, evaluation and export use it.
+    """
+    if "cu_seq_lens" in batch:
+        cu_seq_lens = batch["cu_seq_lens"]
+        # Padding-free: no mask, positions restart per sequence, and no cache (with a cache,
+        # transformers ignores the restarts and sequences attend to each other). The offsets
+        # reach the attention function, which then attends within each sequence only.
+        hidden = trunk(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            cu_seq_lens_q=cu_seq_lens,
+            cu_seq_lens_k=cu_seq_lens,
+            max_length_q=batch["max_seq_len"],
+            max_length_k=batch["max_seq_len"],
+        ).last_hidden_state
+        last = hidden[0, cu_seq_lens[1:].long() - 1]
+    else:
+        attention_mask = batch["attention_mask"]
+        hidden = trunk(input_ids=batch["input_ids"], attention_mask=attention_mask, use_cache=False).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, score_positions(attention_mask)]
+    return value_head(last.to(value_head.weight.dtype)).squeeze(-1).float()
+
+
 def check_reward_token(tokenizer, reward_token_id: int | None) -> None:
     """Fail before training on a reward token the tokenizer does not have, or one used as pad."""
     if reward_token_id is None or reward_token_id < 0:

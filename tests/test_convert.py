@@ -100,7 +100,7 @@ def training_scores(config: Path, checkpoint: Path, conversations):
         for c in conversations
     ]
     with torch.no_grad():
-        return model.score(*pad_sequences(ids, 0)), ids
+        return model.score(dict(zip(("input_ids", "attention_mask"), pad_sequences(ids, 0)))), ids
 
 
 CONVERSATIONS = [

@@ -105,7 +105,7 @@ def test_internlm2_recipe_trains_on_a_local_folder_and_exports_a_reward_model(tm
     tokenizer = build(cfg.train_dataloader.dataset.tokenizer)
     ids = [encode_conversation(tokenizer, c[:-1], c[-1:], 512, 3, tokenizer.chat_template).input_ids for c in CONVERSATIONS]
     with torch.no_grad():
-        reference = reward_model.score(*pad_sequences(ids, 0)).tolist()
+        reference = reward_model.score(dict(zip(("input_ids", "attention_mask"), pad_sequences(ids, 0)))).tolist()
 
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     loaded = subprocess.run(

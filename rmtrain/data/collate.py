@@ -2,19 +2,25 @@
 
 import torch
 
-from rmtrain.scoring import pad_sequences
+from rmtrain.scoring import pack_sequences, pad_sequences
 
 
-def preference_collate_fn(instances: list[dict], pad_token_id: int = 0, use_varlen_attn: bool = False) -> dict:
+def preference_collate_fn(instances: list, pad_token_id: int = 0, use_varlen_attn: bool = False) -> dict:
     """Pairs -> {'data': {...}, 'data_samples': None} for mmengine's BaseModel.train_step.
 
-    data['input_ids'] and data['attention_mask'] are [2 * pairs, longest]: rows 0..B-1 are the
-    chosen sides, rows B..2B-1 the rejected sides of the same pairs, right-padded.
-    data['margin'] is [pairs] (0 where a pair has none).
+    The sequences are the chosen sides of all pairs, then the rejected sides in the same order.
+    Padded (default): `input_ids`/`attention_mask` [2 * pairs, longest], right-padded.
+    Packed (`use_varlen_attn=True`): the items are bins of pairs (see `rmtrain.data.packing`); all
+    their sequences go into one padding-free row (`input_ids`, `position_ids`, `cu_seq_lens`).
+    `margin` is [pairs] (0 where a pair has none); `num_tokens` counts real tokens.
     """
+    pairs = [pair for bin_ in instances for pair in bin_] if use_varlen_attn else instances
+    sequences = [pair["chosen_ids"] for pair in pairs] + [pair["rejected_ids"] for pair in pairs]
     if use_varlen_attn:
-        raise NotImplementedError("packed (varlen) batches are not ready yet")
-    sequences = [item["chosen_ids"] for item in instances] + [item["rejected_ids"] for item in instances]
-    input_ids, attention_mask = pad_sequences(sequences, pad_token_id)
-    margin = torch.tensor([item.get("margin") or 0.0 for item in instances], dtype=torch.float32)
-    return {"data": {"input_ids": input_ids, "attention_mask": attention_mask, "margin": margin}, "data_samples": None}
+        data = pack_sequences(sequences)
+    else:
+        input_ids, attention_mask = pad_sequences(sequences, pad_token_id)
+        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+    data["margin"] = torch.tensor([pair.get("margin") or 0.0 for pair in pairs], dtype=torch.float32)
+    data["num_tokens"] = sum(len(seq) for seq in sequences)
+    return {"data": data, "data_samples": None}

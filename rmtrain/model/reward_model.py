@@ -9,7 +9,7 @@ from rmtrain.builder import build
 from rmtrain.engine.compat import enable_activation_checkpointing
 from rmtrain.errors import ConfigError
 from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
-from rmtrain.scoring import score_positions
+from rmtrain.scoring import score_sequences
 
 
 def trunk_of(language_model: nn.Module) -> nn.Module:
@@ -67,12 +67,9 @@ class RewardModel(BaseModel):
         if use_activation_checkpointing:
             enable_activation_checkpointing(self.model)
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[rows, seq] ids and mask -> [rows] fp32 scores, read at each row's last attended token."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, score_positions(attention_mask)]
-        return self.v_head(last.to(self.v_head.weight.dtype)).squeeze(-1).float()
+    def score(self, batch: dict) -> torch.Tensor:
+        """A padded or packed batch (see `rmtrain.scoring.score_sequences`) -> [sequences] fp32 scores."""
+        return score_sequences(self.model, self.v_head, batch)
 
     def parse_losses(self, losses: dict):
         """Backward uses this rank's loss; the logged values are over all ranks.
@@ -90,12 +87,18 @@ class RewardModel(BaseModel):
         return loss, log_vars
 
     def forward(self, data: dict, data_samples=None, mode: str = "loss"):
-        """`data` from `preference_collate_fn`: chosen rows first, then the rejected rows of the same pairs."""
-        scores = self.score(data["input_ids"], data["attention_mask"])
-        if mode != "loss":
-            return scores
+        """`data` from `preference_collate_fn`: the chosen sides of the pairs first, then their rejected sides.
+
+        mode 'loss': the loss and the logged metrics. mode 'predict' (validation): one dict per pair
+        with its chosen and rejected scores.
+        """
+        scores = self.score(data)
         num_pairs = scores.shape[0] // 2
         chosen, rejected = scores[:num_pairs], scores[num_pairs:]
+        if mode != "loss":
+            return [
+                {"chosen_score": c, "rejected_score": r} for c, r in zip(chosen.tolist(), rejected.tolist())
+            ]
         margin = data.get("margin")
         loss = pair_loss(chosen, rejected, margin, self.loss_type).mean()
         if self.penalty_type != "none":
@@ -107,5 +110,5 @@ class RewardModel(BaseModel):
                 "chosen_score_mean": chosen.mean(),
                 "rejected_score_mean": rejected.mean(),
                 "num_samples": torch.tensor(float(num_pairs), device=scores.device),
-                "num_tokens": data["attention_mask"].sum().float(),  # real tokens, not padding
+                "num_tokens": torch.tensor(float(data["num_tokens"]), device=scores.device),  # real tokens, not padding
             }

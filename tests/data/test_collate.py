@@ -62,8 +62,3 @@ def test_missing_margin_key_is_zero():
     data = preference_collate_fn([{"chosen_ids": [1], "rejected_ids": [2]}], pad_token_id=0)["data"]
     assert data["margin"].tolist() == [0.0]
     assert data["input_ids"].tolist() == [[1], [2]]
-
-
-def test_varlen_not_ready():
-    with pytest.raises(NotImplementedError):
-        preference_collate_fn(INSTANCES, use_varlen_attn=True)

@@ -46,7 +46,7 @@ def test_v_head_zero_at_init_gives_zero_scores(tiny_llama):
     assert rm.v_head.weight.shape == (1, 32)
     assert torch.count_nonzero(rm.v_head.weight) == 0
     assert rm.v_head.bias is None
-    scores = rm.score(**_batch(ROWS))
+    scores = rm.score(_batch(ROWS))
     assert scores.shape == (len(ROWS),)
     assert scores.dtype == torch.float32
     assert torch.equal(scores, torch.zeros(len(ROWS)))
@@ -56,8 +56,8 @@ def test_padded_batch_scores_equal_unpadded_rows(tiny_llama):
     rm = _rm(tiny_llama)
     _randomize_head(rm)
     with torch.no_grad():
-        batch = rm.score(**_batch(ROWS))
-        alone = torch.cat([rm.score(**_batch([row])) for row in ROWS])
+        batch = rm.score(_batch(ROWS))
+        alone = torch.cat([rm.score(_batch([row])) for row in ROWS])
     assert torch.count_nonzero(alone) == len(ROWS)
     torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)
 
@@ -68,7 +68,7 @@ def test_score_read_at_last_real_token_not_padding(tiny_llama):
     batch = _batch(ROWS)
     with torch.no_grad():
         hidden = rm.model(**batch).last_hidden_state
-        scores = rm.score(**batch)
+        scores = rm.score(batch)
         last_real = torch.stack([hidden[i, len(row) - 1] for i, row in enumerate(ROWS)])
         at_end = hidden[:, -1]
     torch.testing.assert_close(scores, (last_real @ rm.v_head.weight.T).squeeze(-1), atol=1e-5, rtol=0)
@@ -77,12 +77,15 @@ def test_score_read_at_last_real_token_not_padding(tiny_llama):
     assert not torch.allclose(scores[short], (at_end[short] @ rm.v_head.weight.T).squeeze(-1), atol=1e-4)
 
 
-def test_predict_mode_returns_scores(tiny_llama):
+def test_predict_mode_returns_pair_scores(tiny_llama):
     rm = _rm(tiny_llama)
     _randomize_head(rm)
-    batch = _batch(ROWS)
+    batch = _batch(ROWS)  # rows: the chosen sides of the pairs, then their rejected sides
     with torch.no_grad():
-        torch.testing.assert_close(rm(batch, mode="predict"), rm.score(**batch))
+        predicted = rm(batch, mode="predict")
+        scores = rm.score(batch).tolist()
+    half = len(ROWS) // 2
+    assert predicted == [{"chosen_score": c, "rejected_score": r} for c, r in zip(scores[:half], scores[half:])]
 
 
 def _pairs_batch(margins=None):
@@ -105,7 +108,7 @@ def test_loss_mode_outputs(tiny_llama):
     assert out["num_tokens"].item() == sum(len(row) for row in ROWS)
     assert out["num_tokens"].item() < data["attention_mask"].numel()  # padding is not counted
     with torch.no_grad():
-        scores = rm.score(data["input_ids"], data["attention_mask"])
+        scores = rm.score(data)
     chosen, rejected = scores[:2], scores[2:]
     margin = torch.tensor([0.5, 0.0])
     expected = ranking_loss(chosen, rejected, margin).mean() + 0.01 * log_barrier_penalty(scores).sum() / 2
@@ -121,7 +124,7 @@ def test_loss_mode_focal_no_penalty(tiny_llama):
     data = _pairs_batch()
     out = rm(data, mode="loss")
     with torch.no_grad():
-        scores = rm.score(data["input_ids"], data["attention_mask"])
+        scores = rm.score(data)
     from rmtrain.model.losses import focal_ranking_loss
 
     torch.testing.assert_close(out["loss"].detach(), focal_ranking_loss(scores[:2], scores[2:]).mean(), atol=1e-6, rtol=1e-5)
@@ -139,7 +142,7 @@ def test_acc_counts_wins(tiny_llama):
     _randomize_head(rm)
     data = _pairs_batch()
     with torch.no_grad():
-        scores = rm.score(data["input_ids"], data["attention_mask"])
+        scores = rm.score(data)
         out = rm(data, mode="loss")
     wins = (scores[:2] > scores[2:]).float().mean().item()
     assert out["acc"].item() == wins
@@ -205,7 +208,7 @@ def test_causal_lm_keeps_only_trunk(tiny_llama_config):
     assert not any("lm_head" in name for name in names)
     assert "v_head.weight" in names
     assert rm.model.config.use_cache is False
-    scores = rm.score(**_batch(ROWS[:2]))
+    scores = rm.score(_batch(ROWS[:2]))
     assert scores.shape == (2,)
 
 
@@ -216,4 +219,4 @@ def test_llm_from_config_dict():
     assert rm.model.config.hidden_size == 32
     assert rm.model.get_input_embeddings().num_embeddings == 1024
     assert rm.v_head.in_features == 32
-    assert rm.score(**_batch(ROWS)).shape == (len(ROWS),)
+    assert rm.score(_batch(ROWS)).shape == (len(ROWS),)
