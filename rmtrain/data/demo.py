@@ -9,7 +9,8 @@ can learn it in about a minute.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import datasets
 import transformers

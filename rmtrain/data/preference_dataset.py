@@ -14,8 +14,13 @@ from mmengine.logging import print_log
 from rmtrain.builder import build
 from rmtrain.data.loading import describe_source, load_records
 from rmtrain.data.map_fns import messages_preference_map_fn, resolve_map_fn
+from rmtrain.data.packing import PackedPreferenceDataset
 from rmtrain.errors import ConfigError, DataError, RecordFieldError
-from rmtrain.scoring import check_reward_token, encode_conversation, resolve_chat_template
+from rmtrain.scoring import (
+    check_reward_token,
+    encode_conversation,
+    resolve_chat_template,
+)
 
 
 class _MapRecord:
@@ -123,7 +128,8 @@ def build_preference_dataset(
     num_proc: int | None = None,
     use_varlen_attn: bool = False,
     max_packed_length: int = 16384,
-    shuffle_before_pack: bool = True,
+    shuffle_before_pack: bool = True,  # accepted for XTuner configs; packing always shuffles, seeded by pack_seed
+    pack_seed: int = 0,
     max_response_length: int | None = None,  # used by reference-based (POLAR) data only
     is_reference: bool = False,
     chat_template: str | None = None,
@@ -142,8 +148,6 @@ def build_preference_dataset(
         raise ConfigError("rmtrain trains reward models: set is_dpo=False, is_reward=True in the dataset config")
     if is_reference:
         raise ConfigError("reference-based (POLAR) reward data is not supported yet: remove is_reference")
-    if use_varlen_attn:
-        raise ConfigError("use_varlen_attn=True (packing) is not ready yet: set use_varlen_attn=False")
     if max_length < 8:
         raise ConfigError(f"max_length={max_length} is too small to hold a prompt and a response")
 
@@ -196,5 +200,7 @@ def build_preference_dataset(
         "dropped_pairs": len(errors),  # truncation keeps every pair; only unusable records drop
     }
     dataset_out = PreferenceDataset(encoded.select_columns(["chosen_ids", "rejected_ids", "margin"]), summary)
+    if use_varlen_attn:
+        dataset_out = PackedPreferenceDataset(dataset_out, max_packed_length, seed=pack_seed)
     print_log(dataset_out.summary_text(), logger="current")
     return dataset_out
