@@ -16,6 +16,7 @@ from rmtrain.data.loading import describe_source, load_records
 from rmtrain.data.map_fns import messages_preference_map_fn, resolve_map_fn
 from rmtrain.data.packing import PackedPreferenceDataset
 from rmtrain.errors import ConfigError, DataError, RecordFieldError
+from rmtrain.progress import datasets_progress
 from rmtrain.scoring import (
     check_reward_token,
     encode_conversation,
@@ -161,29 +162,32 @@ def build_preference_dataset(
     if len(records) == 0:
         raise DataError(source, 0, "*", "the data set is empty")
     num_proc = max(1, min(num_proc, len(records) // 64 or 1))
-    mapped = records.map(
-        _MapRecord(resolve_map_fn(dataset_map_fn), source, skip_bad_records),
-        with_indices=True,
-        remove_columns=records.column_names,
-        num_proc=num_proc if num_proc > 1 else None,
-        load_from_cache_file=False,  # the cache key ignores edits to a map function's code
-        desc="map records",
-    )
+    with datasets_progress("map records", len(records)):  # bars on a terminal, plain lines in log files
+        mapped = records.map(
+            _MapRecord(resolve_map_fn(dataset_map_fn), source, skip_bad_records),
+            with_indices=True,
+            remove_columns=records.column_names,
+            num_proc=num_proc if num_proc > 1 else None,
+            load_from_cache_file=False,  # the cache key ignores edits to a map function's code
+            desc="map records",
+        )
     errors = [error for error in mapped["error"] if error is not None]
     for error in errors[:5]:
         print_log(f"dropped: {error}", logger="current", level=logging.WARNING)
     if errors:
-        mapped = mapped.filter(lambda error: error is None, input_columns="error")
+        with datasets_progress("drop bad records", len(mapped)):
+            mapped = mapped.filter(lambda error: error is None, input_columns="error")
     if len(mapped) == 0:
         raise DataError(source, 0, "*", "no usable record left after dropping bad ones")
     mapped = mapped.remove_columns("error")
-    encoded = mapped.map(
-        _EncodePair(tokenizer, max_length, reward_token_id, template),
-        remove_columns=["prompt", "chosen", "rejected"],
-        num_proc=num_proc if num_proc > 1 else None,
-        load_from_cache_file=False,
-        desc="tokenize pairs",
-    )
+    with datasets_progress("tokenize pairs", len(mapped)):
+        encoded = mapped.map(
+            _EncodePair(tokenizer, max_length, reward_token_id, template),
+            remove_columns=["prompt", "chosen", "rejected"],
+            num_proc=num_proc if num_proc > 1 else None,
+            load_from_cache_file=False,
+            desc="tokenize pairs",
+        )
     counts = encoded.select_columns(
         ["chosen_prompt_cut", "rejected_prompt_cut", "chosen_response_cut", "rejected_response_cut"]
     ).to_dict()
