@@ -69,6 +69,23 @@ def _convert_pth_to_hf(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from rmtrain.plot import plot_training_curves
+
+    print(f"Plot saved to {plot_training_curves(args.work_dir, out=args.out, run=args.run)}")
+    return 0
+
+
+def _check_data(args) -> int:
+    from rmtrain.recipes import resolve_config
+
+    resolve_config(args.config)
+    from rmtrain.check_data import check_data
+
+    print(check_data(args.config, cfg_options=args.cfg_options))
+    return 0
+
+
 def _parse_cfg_options(pairs: list[str]) -> dict:
     """`key=value` pairs -> dict, with values read as Python literals where they parse."""
     from mmengine.config import DictAction
@@ -131,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip reloading the folder and comparing its scores")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty SAVE_DIR")
     p.set_defaults(func=_convert_pth_to_hf)
+
+    p = verbs.add_parser("plot", help="draw a work dir's training curves into a PNG")
+    p.add_argument("work_dir", help="the training work dir (or one of its <timestamp> folders)")
+    p.add_argument("--out", help="the PNG to write (default WORK_DIR/training_curves.png)")
+    p.add_argument("--run", metavar="TIMESTAMP", help="plot this run (and those it resumed) instead of the newest")
+    p.set_defaults(func=_plot)
+
+    p = verbs.add_parser("check-data", help="build a config's data as training does and describe it (no model)")
+    p.add_argument("config", help="config file path, or the bare name of a shipped config")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.set_defaults(func=_check_data)
     return parser
 
 

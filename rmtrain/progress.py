@@ -21,7 +21,8 @@ def is_interactive() -> bool:
 
 
 def _log(message: str, logger) -> None:
-    from mmengine.logging import print_log  # imported here: `import rmtrain.progress` stays cheap
+    # Imported here: `import rmtrain.progress` stays cheap.
+    from mmengine.logging import print_log
 
     print_log(message, logger=logger, level=logging.INFO)
 

@@ -74,7 +74,7 @@ def test_datasets_progress_off_terminal_quiets_bars(monkeypatch, lines):
     assert not datasets.utils.are_progress_bars_disabled()
     records = datasets.Dataset.from_dict({"x": list(range(20))})
     with datasets_progress("map records", len(records), logger=logger):
-        assert not not datasets.utils.are_progress_bars_disabled()
+        assert datasets.utils.are_progress_bars_disabled()
         records.map(lambda row: {"y": row["x"] * 2}, desc="map records")
     assert not datasets.utils.are_progress_bars_disabled()  # restored
     assert kept[0] == "map records: 20 records ..."
