@@ -8,7 +8,7 @@ from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visua
 from torch.optim import AdamW
 from transformers import AutoModel, AutoTokenizer
 
-from rmtrain.data import build_preference_dataset, orpo_dpo_mix_40k_map_fn, preference_collate_fn
+from rmtrain.data import LengthGroupedSampler, build_preference_dataset, orpo_dpo_mix_40k_map_fn, preference_collate_fn
 from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
 from rmtrain.model import RewardModel
 
@@ -18,7 +18,7 @@ from rmtrain.model import RewardModel
 # Model
 pretrained_model_name_or_path = "Qwen/Qwen2.5-1.5B-Instruct"
 reward_token_id = 151654  # <|vision_pad|>, never used by the text-only model
-use_varlen_attn = False
+use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
 loss_type = "focal"
 penalty_type = "log_barrier"
 penalty_weight = 0.01
@@ -29,7 +29,7 @@ max_length = 2048
 max_packed_length = max_length * 2
 
 # Scheduler & Optimizer
-batch_size = 4  # pairs per device
+batch_size = 4  # pairs per device (use_varlen_attn=True: one packed bin per device instead)
 accumulative_counts = 16
 dataloader_num_workers = 0
 max_epochs = 1  # more than one epoch tends to overfit reward models
@@ -61,6 +61,7 @@ model = dict(
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
+    use_varlen_attn=use_varlen_attn,
     use_activation_checkpointing=True,
     llm=dict(
         type=AutoModel.from_pretrained,
@@ -85,14 +86,18 @@ train_dataset = dict(
     num_proc=32,
     use_varlen_attn=use_varlen_attn,
     max_packed_length=max_packed_length,
+    pack_seed=0,
     shuffle_before_pack=True,
 )
 
 train_dataloader = dict(
-    batch_size=batch_size,
+    batch_size=1 if use_varlen_attn else batch_size,
     num_workers=dataloader_num_workers,
     dataset=train_dataset,
-    sampler=dict(type=DefaultSampler, shuffle=True),
+    # Packed bins are shuffled as they are; padded batches group pairs of similar length.
+    sampler=dict(type=DefaultSampler, shuffle=True)
+    if use_varlen_attn
+    else dict(type=LengthGroupedSampler, batch_size=batch_size),
     collate_fn=dict(type=preference_collate_fn, use_varlen_attn=use_varlen_attn),
 )
 

@@ -12,10 +12,18 @@ from rmtrain.data.map_fns import (
     sharegpt_preference_map_fn,
     string_preference_map_fn,
 )
+from rmtrain.data.packing import (
+    LengthGroupedSampler,
+    PackedPreferenceDataset,
+    pack_pairs,
+)
 from rmtrain.data.preference_dataset import PreferenceDataset, build_preference_dataset
 
 __all__ = [
     "MAP_FNS",
+    "LengthGroupedSampler",
+    "PackedPreferenceDataset",
+    "pack_pairs",
     "PreferenceDataset",
     "build_demo_preference_data",
     "build_demo_tokenizer",

@@ -9,6 +9,7 @@ from rmtrain.builder import build
 from rmtrain.engine.compat import enable_activation_checkpointing
 from rmtrain.errors import ConfigError
 from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
+from rmtrain.model.packed_attention import packed_attention_implementation
 from rmtrain.scoring import score_sequences
 
 
@@ -29,6 +30,8 @@ class RewardModel(BaseModel):
         penalty_type: 'log_barrier' (keeps scores in (-5, 5)), 'l2' or 'none'.
         penalty_weight: weight of the penalty, summed over both sides' scores and averaged over pairs.
         use_activation_checkpointing: recompute activations in backward to save memory.
+        use_varlen_attn: the batches are packed rows (`build_preference_dataset(use_varlen_attn=True)`):
+            use flash_attention_2 (GPU with flash-attn) or rmtrain's per-sequence SDPA.
     """
 
     def __init__(
@@ -49,8 +52,6 @@ class RewardModel(BaseModel):
             raise ConfigError(f"penalty_type must be one of {PENALTY_TYPES}, got '{penalty_type}'")
         if lora is not None:
             raise ConfigError("LoRA reward models are not supported yet: remove `lora` from the model config")
-        if use_varlen_attn:
-            raise ConfigError("use_varlen_attn=True (packing) is not ready yet: set use_varlen_attn=False")
         self.loss_type = loss_type
         self.penalty_type = penalty_type
         self.penalty_weight = penalty_weight
@@ -58,6 +59,8 @@ class RewardModel(BaseModel):
 
         self.model = trunk_of(build(llm, recursive=True))
         self.model.config.use_cache = False
+        if use_varlen_attn:  # packed batches: attention stays within each sequence, at its own cost
+            self.model.set_attn_implementation(packed_attention_implementation())
         vocab_size = self.model.get_input_embeddings().num_embeddings
         if reward_token_id is not None and reward_token_id >= 0 and reward_token_id >= vocab_size:
             raise ConfigError(f"reward_token_id={reward_token_id} is outside the model's embeddings (size {vocab_size})")

@@ -285,7 +285,7 @@ def test_reward_token_is_pad_raises():
     "kwargs, match",
     [
         (dict(max_length=4), "max_length"),
-        (dict(use_varlen_attn=True), "use_varlen_attn"),
+        (dict(use_varlen_attn=True, max_packed_length=20), "max_packed_length"),
         (dict(is_reference=True), "reference"),
     ],
 )

@@ -190,7 +190,6 @@ def test_reward_token_none_or_negative_allowed(tiny_llama):
         (dict(loss_type="hinge"), "loss_type"),
         (dict(penalty_type="l1"), "penalty_type"),
         (dict(lora=dict(r=8)), "LoRA"),
-        (dict(use_varlen_attn=True), "use_varlen_attn"),
     ],
 )
 def test_bad_options_raise(tiny_llama, kwargs, match):

@@ -20,6 +20,11 @@ import transformers
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+
+try:  # transformers >= 4.48: other attention functions (flash_attention_2, registered ones)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+except ImportError:
+    ALL_ATTENTION_FUNCTIONS = {}
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -132,6 +137,16 @@ def _segment_ids(position_ids):
     return segments
 
 
+def _registered_attention(config):
+    """The attention function registered with transformers under the config's implementation name,
+    or None for this file's own SDPA (also used for 'eager' and 'sdpa')."""
+    name = getattr(config, "_attn_implementation", None)
+    if name in (None, "eager", "sdpa") or name not in ALL_ATTENTION_FUNCTIONS:
+        return None
+    # (transformers lets `set_attn_implementation` switch a model only if its file calls get_interface)
+    return ALL_ATTENTION_FUNCTIONS.get_interface(name, None)
+
+
 def _attention_mask(attention_mask, position_ids, seq_len, device):
     """The boolean [b, 1, q, k] mask for SDPA (True = may attend), or None for plain causal attention.
 
@@ -178,16 +193,19 @@ class InternLM2Attention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        self.config = config
+        self.is_causal = True
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.group_size = self.num_heads // self.num_kv_heads
+        self.num_key_value_groups = self.group_size  # the name transformers' attention functions read
         self.head_dim = config.hidden_size // self.num_heads
         self.wqkv = nn.Linear(
             config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=config.bias
         )
         self.wo = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.bias)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, **kwargs):
         batch, seq_len, _ = hidden_states.shape
         packed = self.wqkv(hidden_states).view(batch, seq_len, self.num_kv_heads, self.group_size + 2, self.head_dim)
         # -> [b, heads, seq, dim]
@@ -199,6 +217,12 @@ class InternLM2Attention(nn.Module):
         cos, sin = position_embeddings
         query = _apply_rotary(query, cos, sin)
         key = _apply_rotary(key, cos, sin)
+        implementation = _registered_attention(self.config)
+        if implementation is not None and attention_mask is None:
+            # Packed rows under flash_attention_2 or rmtrain's per-sequence SDPA: the function reads
+            # the sequence offsets (cu_seq_lens_q/k) from kwargs. Padded batches use the SDPA below.
+            out, _ = implementation(self, query, key, value, None, scaling=self.head_dim**-0.5, **kwargs)
+            return self.wo(out.reshape(batch, seq_len, self.num_heads * self.head_dim))
         if self.group_size > 1:  # each key/value head serves its group of consecutive query heads
             key = key.repeat_interleave(self.group_size, dim=1)
             value = value.repeat_interleave(self.group_size, dim=1)
@@ -231,7 +255,7 @@ class InternLM2DecoderLayer(_CheckpointableLayer):
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         hidden_states = hidden_states + self.attention(
-            self.attention_norm(hidden_states), position_embeddings, attention_mask
+            self.attention_norm(hidden_states), position_embeddings, attention_mask, **kwargs
         )
         return hidden_states + self.feed_forward(self.ffn_norm(hidden_states))
 
@@ -312,9 +336,12 @@ class InternLM2Model(InternLM2PreTrainedModel):
         else:
             rotary_positions = position_ids.to(device).view(-1, seq_len)
 
-        mask = _attention_mask(
-            attention_mask, None if position_ids is None else rotary_positions.expand(batch, -1), seq_len, device
-        )
+        if _registered_attention(self.config) is not None and attention_mask is None:
+            mask = None  # packed rows: the registered attention function keeps the sequences apart
+        else:
+            mask = _attention_mask(
+                attention_mask, None if position_ids is None else rotary_positions.expand(batch, -1), seq_len, device
+            )
         position_embeddings = self.rotary_emb(inputs_embeds, rotary_positions)
 
         hidden_states = inputs_embeds
@@ -322,7 +349,7 @@ class InternLM2Model(InternLM2PreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states = layer(hidden_states, position_embeddings=position_embeddings, attention_mask=mask)
+            hidden_states = layer(hidden_states, position_embeddings=position_embeddings, attention_mask=mask, **kwargs)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
