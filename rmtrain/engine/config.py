@@ -14,7 +14,7 @@ REQUIRED_KEYS = ("model", "train_dataloader", "optim_wrapper", "train_cfg")
 # is a settings variable whose value was already copied into the dicts above when the file ran.
 ENGINE_KEYS = REQUIRED_KEYS + (
     "param_scheduler", "default_hooks", "custom_hooks", "log_processor", "visualizer", "env_cfg",
-    "randomness", "log_level", "work_dir",
+    "randomness", "log_level", "work_dir", "val_dataloader", "val_evaluator", "val_cfg",
 )
 
 
@@ -82,6 +82,16 @@ def check_config(cfg: Config, path) -> None:
             raise ConfigError(f"config {path}: train_dataloader.dataset.{key} must be a positive integer")
     if not isinstance(cfg.train_dataloader.get("batch_size"), int) or cfg.train_dataloader.batch_size <= 0:
         raise ConfigError(f"config {path}: train_dataloader.batch_size must be a positive integer")
+    # Packing is one switch in three places; a mismatch would fail late or silently run slow attention.
+    collate = cfg.train_dataloader.get("collate_fn") or {}
+    places = {
+        "train_dataloader.dataset": dataset.get("use_varlen_attn", False),
+        "train_dataloader.collate_fn": collate.get("use_varlen_attn", False),
+        "model": cfg.model.get("use_varlen_attn", False),
+    }
+    if len(set(places.values())) > 1:
+        listed = ", ".join(f"{place}.use_varlen_attn={value}" for place, value in places.items())
+        raise ConfigError(f"config {path}: use_varlen_attn must be the same everywhere ({listed})")
 
 
 def load_config(config: str, cfg_options: dict | None = None) -> Config:
