@@ -3,12 +3,14 @@
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import CosineAnnealingLR
+from mmengine.runner import ValLoop
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from torch.optim import AdamW
 from transformers import LlamaConfig, LlamaModel
 
 from rmtrain.data import build_demo_preference_data, build_demo_tokenizer, build_preference_dataset, preference_collate_fn
 from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
+from rmtrain.evaluation import RewardMetric
 from rmtrain.model import RewardModel
 
 #######################################################################
@@ -22,7 +24,8 @@ penalty_type = "log_barrier"
 penalty_weight = 0.01
 
 # Data
-num_pairs = 2000
+num_pairs = 2000  # pairs to train on
+val_split = 0.1  # share of the generated pairs held out for validation
 data_seed = 0
 max_length = 96
 
@@ -42,6 +45,7 @@ mixed_precision = "auto"  # bf16 autocast where the device supports it
 # Save
 save_steps = 100
 save_total_limit = 2
+val_interval = save_steps  # validate every N iterations and at the end; the best val/accuracy checkpoint is kept
 log_interval = 10
 
 #######################################################################
@@ -75,9 +79,12 @@ model = dict(
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
+# num_pairs / (1 - val_split) pairs are generated, so that num_pairs remain for training.
+demo_data = dict(type=build_demo_preference_data, num_pairs=round(num_pairs / (1 - val_split)), seed=data_seed)
+
 train_dataset = dict(
     type=build_preference_dataset,
-    dataset=dict(type=build_demo_preference_data, num_pairs=num_pairs, seed=data_seed),
+    dataset=demo_data,
     tokenizer=tokenizer,
     max_length=max_length,
     dataset_map_fn=None,  # generated records are already prompt/chosen/rejected messages
@@ -86,6 +93,9 @@ train_dataset = dict(
     reward_token_id=reward_token_id,
     num_proc=1,
     use_varlen_attn=use_varlen_attn,
+    val_split=val_split,  # the records of the val part are left out
+    split_seed=data_seed,
+    split="train",
 )
 
 train_dataloader = dict(
@@ -95,6 +105,20 @@ train_dataloader = dict(
     sampler=dict(type=DefaultSampler, shuffle=True),
     collate_fn=dict(type=preference_collate_fn, use_varlen_attn=use_varlen_attn),
 )
+
+# Validation: the held-out part of the same records, built with the same settings.
+val_dataset = dict(train_dataset, split="val")
+
+val_dataloader = dict(
+    batch_size=1 if use_varlen_attn else batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=val_dataset,
+    sampler=dict(type=DefaultSampler, shuffle=False),
+    collate_fn=dict(type=preference_collate_fn, use_varlen_attn=use_varlen_attn),
+)
+
+# Reports val/accuracy, val/margin_mean, val/chosen_score_mean, val/rejected_score_mean, val/score_std, val/pairs.
+val_evaluator = dict(type=RewardMetric)
 
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #
@@ -112,7 +136,8 @@ param_scheduler = [
     dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+train_cfg = dict(type=TrainLoop, max_epochs=max_epochs, val_interval=val_interval)
+val_cfg = dict(type=ValLoop)
 
 #######################################################################
 #                           PART 5  Runtime                           #
@@ -123,7 +148,11 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=log_interval),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    # Keeps the last save_total_limit checkpoints and, apart from them, the one with the best validation accuracy.
+    checkpoint=dict(
+        type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit,
+        save_best="val/accuracy", rule="greater",
+    ),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 

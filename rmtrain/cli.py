@@ -86,6 +86,27 @@ def _check_data(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    if args.config:
+        from rmtrain.recipes import resolve_config
+
+        resolve_config(args.config)  # a wrong name fails at once
+    from rmtrain.evaluation import evaluate_reward_model, summary_table
+
+    summary = evaluate_reward_model(
+        args.model,
+        args.data,
+        config=args.config,
+        map_fn=args.map_fn,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        out=args.out,
+        chat_template=args.chat_template,
+    )
+    print(summary_table(summary))
+    return 0
+
+
 def _parse_cfg_options(pairs: list[str]) -> dict:
     """`key=value` pairs -> dict, with values read as Python literals where they parse."""
     from mmengine.config import DictAction
@@ -159,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="config file path, or the bare name of a shipped config")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
     p.set_defaults(func=_check_data)
+
+    p = verbs.add_parser("eval", help="a reward model's accuracy on preference pairs, overall and per subset")
+    p.add_argument("model", help="a folder from `rmtrain convert pth_to_hf`, or a checkpoint (iter_N.pth) with --config")
+    p.add_argument("data", help="preference records: a .jsonl, .json, .parquet or .csv file (.gz ok)")
+    p.add_argument("--config", help="the training config (needed for a checkpoint; gives max_length)")
+    p.add_argument("--map-fn", help="map function name or dotted path (default: records in rmtrain's format)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (default: the training config's, else 2048)")
+    p.add_argument("--out", help="write one JSON line per pair here, and the summary to OUT's .summary.json")
+    p.add_argument("--chat-template", help="a named template or Jinja text instead of the model's")
+    p.set_defaults(func=_eval)
     return parser
 
 

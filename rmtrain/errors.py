@@ -37,3 +37,7 @@ class DataError(RmtrainError):
 
     def __str__(self) -> str:
         return f"{self.source}, record {self.index}, field '{self.field}': {self.message}"
+
+
+class EvaluationError(RmtrainError):
+    """A reward model cannot be evaluated: nothing to score, or a model without a score head."""

@@ -8,7 +8,7 @@ from recipe_variants import recipe_variant
 from rmtrain import cli
 from rmtrain.check_data import length_table, percentile, render_ids
 
-DEMO_DATASET = "dataset=dict(type=build_demo_preference_data, num_pairs=num_pairs, seed=data_seed)"
+DEMO_DATASET = "demo_data = dict(type=build_demo_preference_data, num_pairs=round(num_pairs / (1 - val_split)), seed=data_seed)"
 
 
 def _check_data(capsys, *argv) -> tuple[int, str, str]:
@@ -50,7 +50,8 @@ def test_check_data_padded(tmp_path, capsys):
 
 def test_check_data_packed_and_truncated(tmp_path, capsys):
     config = recipe_variant(tmp_path, "packed", num_pairs=2000, use_varlen_attn=True, max_length=24)
-    code, out, _ = _check_data(capsys, config, "--cfg-options", "train_dataloader.dataset.dataset.num_pairs=120")
+    code, out, _ = _check_data(capsys, config, "--cfg-options", "train_dataloader.dataset.dataset.num_pairs=120",
+                                   "train_dataloader.dataset.val_split=0")
     assert code == 0
     assert re.search(r"records read\s+120\b", out)
     assert re.search(r"packed\s+\d+ bins of at most \d+ tokens, no padding", out)
@@ -62,7 +63,7 @@ def test_check_data_packed_and_truncated(tmp_path, capsys):
 
 def test_check_data_val_counts(tmp_path, capsys):
     val = (
-        "\nval_dataloader = dict(batch_size=4, dataset=dict(train_dataset, "
+        "\nval_dataloader = dict(batch_size=4, dataset=dict(train_dataset, val_split=0, "
         "dataset=dict(type=build_demo_preference_data, num_pairs=30, seed=1)))\n"
     )
     config = recipe_variant(tmp_path, "with_val", num_pairs=60, extra=val)
@@ -82,7 +83,7 @@ def test_check_data_bad_record_names_it(tmp_path, capsys):
     config = recipe_variant(
         tmp_path,
         "bad",
-        replacements=[(DEMO_DATASET, f"dataset=dict(type='rmtrain.data.load_jsonl_dataset', data_files={str(records)!r})")],
+        replacements=[(DEMO_DATASET, f"demo_data = dict(type='rmtrain.data.load_jsonl_dataset', data_files={str(records)!r})")],
     )
     code, out, err = _check_data(capsys, config)
     assert code != 0

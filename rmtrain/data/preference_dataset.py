@@ -15,6 +15,7 @@ from rmtrain.builder import build
 from rmtrain.data.loading import describe_source, load_records
 from rmtrain.data.map_fns import messages_preference_map_fn, resolve_map_fn
 from rmtrain.data.packing import PackedPreferenceDataset
+from rmtrain.data.split import SPLITS, split_record_indices
 from rmtrain.errors import ConfigError, DataError, RecordFieldError
 from rmtrain.progress import datasets_progress
 from rmtrain.scoring import (
@@ -28,15 +29,18 @@ class _MapRecord:
     """Applies the config's map function and the format check; adds the file and record to errors.
 
     With `skip_bad_records`, an unusable record becomes a row whose `error` says why; the builder
-    drops those rows and reports them.
+    drops those rows and reports them. `record_indices`: the file index of each record when only
+    part of the file is mapped (a train/val split), so errors and `record_index` name the file's record.
     """
 
-    def __init__(self, map_fn, source: str, skip_bad_records: bool):
+    def __init__(self, map_fn, source: str, skip_bad_records: bool, record_indices: list[int] | None = None):
         self.map_fn = map_fn
         self.source = source
         self.skip_bad_records = skip_bad_records
+        self.record_indices = record_indices
 
-    def __call__(self, record: dict, index: int) -> dict:
+    def __call__(self, record: dict, position: int) -> dict:
+        index = position if self.record_indices is None else self.record_indices[position]
         try:
             try:
                 mapped = self.map_fn(record) if self.map_fn is not None else record
@@ -51,13 +55,14 @@ class _MapRecord:
                 raise DataError(
                     error.source, error.index, error.field, f"{error.message} (skip_bad_records=True drops such records)"
                 ) from None
-            return {"prompt": [], "chosen": [], "rejected": [], "margin": None, "error": str(error)}
+            return {"prompt": [], "chosen": [], "rejected": [], "margin": None, "record_index": index, "error": str(error)}
         margin = checked.get("margin")
         return {
             "prompt": checked["prompt"],
             "chosen": checked["chosen"],
             "rejected": checked["rejected"],
             "margin": None if margin is None else float(margin),
+            "record_index": index,
             "error": None,
         }
 
@@ -87,7 +92,11 @@ class _EncodePair:
 
 
 class PreferenceDataset:
-    """Tokenised pairs. Item: {'chosen_ids': list[int], 'rejected_ids': list[int], 'margin': float|None}."""
+    """Tokenised pairs. Item: {'chosen_ids': list[int], 'rejected_ids': list[int], 'margin': float|None}.
+
+    `pairs` also has a `record_index` column: the index in the source file of each pair's record
+    (evaluation reports it and reads per-record fields such as `subset` with it).
+    """
 
     def __init__(self, pairs: datasets.Dataset, summary: dict):
         self.pairs = pairs
@@ -108,14 +117,30 @@ class PreferenceDataset:
         # Built once and never changed: mmengine deep-copies dataloader configs, share instead.
         return self
 
+    @property
+    def metainfo(self) -> dict:
+        # mmengine's ValLoop hands this to the validation metric: the number of pairs to keep
+        # once the distributed sampler's repeated ones are dropped (see RewardMetric.evaluate).
+        return {"pairs": len(self)}
+
     def summary_text(self) -> str:
         s = self.summary
+        part = f" ({s['part']})" if s.get("part") else ""
         return (
-            f"preference data from {s['source']}: {s['pairs']} pairs, {s['tokens']} tokens "
+            f"preference data from {s['source']}{part}: {s['pairs']} pairs, {s['tokens']} tokens "
             f"(max_length {s['max_length']}); prompt cut from the left in {s['prompt_cut_pairs']} pairs, "
             f"chosen response cut in {s['chosen_cut_pairs']}, rejected response cut in "
             f"{s['rejected_cut_pairs']}; {s['dropped_pairs']} dropped"
         )
+
+
+def _keep_part(records: datasets.Dataset, val_split, split_seed: int, split: str):
+    """(records of the `split` part, their file indices or None for all, a description or None)."""
+    if not val_split:
+        return records, None, None
+    indices = split_record_indices(len(records), val_split, split_seed)[split]
+    description = f"{split} part: {len(indices)} of {len(records)} records, val_split={val_split}, split_seed={split_seed}"
+    return records.select(indices), indices, description
 
 
 def build_preference_dataset(
@@ -135,6 +160,9 @@ def build_preference_dataset(
     is_reference: bool = False,
     chat_template: str | None = None,
     skip_bad_records: bool = False,
+    val_split: float = 0,
+    split_seed: int = 0,
+    split: str = "train",
 ) -> PreferenceDataset:
     """Build tokenised preference pairs for reward-model training.
 
@@ -143,7 +171,9 @@ def build_preference_dataset(
     a registered name, a dotted path or a callable (None: records are already in the project's
     format). `max_length` counts the reward token. `chat_template`: a named template or Jinja text
     that overrides the tokenizer's. `skip_bad_records`: drop (and count) records the map function
-    rejects instead of stopping with an error.
+    rejects instead of stopping with an error. `val_split` (a share in (0, 1) or a record count)
+    holds records out for validation, chosen by a permutation seeded with `split_seed`; `split`
+    ('train' or 'val') says which part to keep (see `rmtrain.data.split`).
     """
     if is_dpo or not is_reward:
         raise ConfigError("rmtrain trains reward models: set is_dpo=False, is_reward=True in the dataset config")
@@ -151,6 +181,10 @@ def build_preference_dataset(
         raise ConfigError("reference-based (POLAR) reward data is not supported yet: remove is_reference")
     if max_length < 8:
         raise ConfigError(f"max_length={max_length} is too small to hold a prompt and a response")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "val" and not val_split:
+        raise ConfigError("split='val' needs val_split: the share (0 < val_split < 1) or count of records to hold out")
 
     tokenizer = build(tokenizer)
     check_reward_token(tokenizer, reward_token_id)
@@ -161,10 +195,11 @@ def build_preference_dataset(
     records = load_records(dataset)
     if len(records) == 0:
         raise DataError(source, 0, "*", "the data set is empty")
+    records, record_indices, part = _keep_part(records, val_split, split_seed, split)
     num_proc = max(1, min(num_proc, len(records) // 64 or 1))
     with datasets_progress("map records", len(records)):  # bars on a terminal, plain lines in log files
         mapped = records.map(
-            _MapRecord(resolve_map_fn(dataset_map_fn), source, skip_bad_records),
+            _MapRecord(resolve_map_fn(dataset_map_fn), source, skip_bad_records, record_indices),
             with_indices=True,
             remove_columns=records.column_names,
             num_proc=num_proc if num_proc > 1 else None,
@@ -193,6 +228,7 @@ def build_preference_dataset(
     ).to_dict()
     summary = {
         "source": source,
+        "part": part,
         "pairs": len(encoded),
         "tokens": sum(len(ids) for ids in encoded["chosen_ids"]) + sum(len(ids) for ids in encoded["rejected_ids"]),
         "max_length": max_length,
@@ -203,7 +239,9 @@ def build_preference_dataset(
         "rejected_cut_pairs": sum(1 for n in counts["rejected_response_cut"] if n),
         "dropped_pairs": len(errors),  # truncation keeps every pair; only unusable records drop
     }
-    dataset_out = PreferenceDataset(encoded.select_columns(["chosen_ids", "rejected_ids", "margin"]), summary)
+    dataset_out = PreferenceDataset(
+        encoded.select_columns(["chosen_ids", "rejected_ids", "margin", "record_index"]), summary
+    )
     if use_varlen_attn:
         dataset_out = PackedPreferenceDataset(dataset_out, max_packed_length, seed=pack_seed)
     print_log(dataset_out.summary_text(), logger="current")

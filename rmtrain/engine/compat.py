@@ -10,6 +10,7 @@ import warnings
 
 import torch
 from mmengine.optim import LinearLR
+from mmengine.runner import FlexibleRunner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 
@@ -144,3 +145,29 @@ def quiet_deepspeed_collective_warnings() -> None:
     """
     for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
         warnings.filterwarnings("ignore", message=f"`torch.distributed.{name}` is deprecated", category=FutureWarning)
+
+
+class CheckpointIterFlexibleRunner(FlexibleRunner):
+    """FlexibleRunner whose checkpoints record the iteration that CheckpointHook gives them.
+
+    Needed with mmengine <= 0.10.7: FlexibleRunner.save_checkpoint overwrites meta['iter'] with
+    runner.iter + 1 (Runner keeps the caller's value). After a validation with a new best score,
+    CheckpointHook saves the latest checkpoint again, when runner.iter already counts the finished
+    iteration: that checkpoint claimed one iteration more than was trained, and a DeepSpeed run
+    resumed from it skipped a batch.
+    """
+
+    def save_checkpoint(self, out_dir, filename, *args, meta=None, **kwargs):
+        given_iter = (meta or {}).get("iter")
+        strategy_save = self.strategy.save_checkpoint
+
+        def save_with_given_iter(*save_args, extra_ckpt=None, **save_kwargs):
+            if given_iter is not None:
+                extra_ckpt["meta"]["iter"] = given_iter
+            return strategy_save(*save_args, extra_ckpt=extra_ckpt, **save_kwargs)
+
+        self.strategy.save_checkpoint = save_with_given_iter  # for this save only
+        try:
+            super().save_checkpoint(out_dir, filename, *args, meta=meta, **kwargs)
+        finally:
+            del self.strategy.save_checkpoint

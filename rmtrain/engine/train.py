@@ -16,13 +16,18 @@ from mmengine.logging import print_log
 from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 
 from rmtrain.builder import build
-from rmtrain.engine.compat import allow_trusted_checkpoint_loading, load_checkpoint_file
+from rmtrain.engine.compat import (
+    CheckpointIterFlexibleRunner,
+    allow_trusted_checkpoint_loading,
+    load_checkpoint_file,
+)
 from rmtrain.engine.config import load_config
 from rmtrain.engine.deepspeed import deepspeed_checkpoint_meta, deepspeed_runner_kwargs, is_deepspeed_checkpoint
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
+from rmtrain.engine.validation import check_validation_config
 from rmtrain.errors import ConfigError
 
 
@@ -101,6 +106,15 @@ def _align_checkpoints_to_accumulation(cfg, logger_print, deepspeed: bool) -> No
             f"checkpoint interval {interval} is not a multiple of accumulative_counts={accumulation}; "
             f"saving every {aligned} iterations so that checkpoints fall at window ends"
         )
+    # A new best validation score saves the latest checkpoint again, at the validation's iteration.
+    val_interval = cfg.train_cfg.get("val_interval")
+    if checkpoint.get("save_best") and val_interval and val_interval % accumulation:
+        aligned = (val_interval // accumulation + 1) * accumulation
+        cfg.train_cfg["val_interval"] = aligned
+        logger_print(
+            f"val_interval {val_interval} is not a multiple of accumulative_counts={accumulation} and a new best "
+            f"validation score saves a checkpoint; validating every {aligned} iterations instead"
+        )
 
 
 def checkpoint_seed(path: str) -> int | None:
@@ -118,7 +132,7 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
         set_random_seed(**cfg.randomness)
         model = build(cfg.model)
         kwargs = deepspeed_runner_kwargs(deepspeed, cfg, world_size())
-        return FlexibleRunner, dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
+        return CheckpointIterFlexibleRunner, dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
     if is_distributed():
         cfg.model_wrapper_cfg = dict(
             type="MMDistributedDataParallel",
@@ -161,6 +175,7 @@ def train(
     randomness["seed"] = _share_seed(seed)
     cfg.randomness = randomness
     _align_checkpoints_to_accumulation(cfg, _warn, deepspeed=bool(deepspeed))
+    validates = check_validation_config(cfg)
 
     # Data first: a bad record or reward token fails in seconds, before a large model is loaded.
     # Tokenised once, on rank 0, and shared with the other ranks.
@@ -171,6 +186,21 @@ def train(
     train_dataset = on_rank0_then_share(build_train_dataset)
     train_dataloader = dict(cfg.train_dataloader)
     train_dataloader["dataset"] = train_dataset
+
+    # Validation data: built and shared the same way, so bad validation records also fail early.
+    validation = {}
+    if validates:
+
+        def build_val_dataset():
+            dataset = build(cfg.val_dataloader.dataset)
+            return dataset.in_memory() if is_distributed() else dataset
+
+        val_dataset = on_rank0_then_share(build_val_dataset)
+        validation = dict(
+            val_dataloader=dict(cfg.val_dataloader, dataset=val_dataset),
+            val_evaluator=cfg.val_evaluator,
+            val_cfg=cfg.val_cfg,
+        )
 
     runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed)
     runner = runner_class(
@@ -188,9 +218,12 @@ def train(
         log_level=cfg.get("log_level", "INFO"),
         launcher=launcher,  # the process group already exists; mmengine only wraps the model
         cfg=cfg,
+        **validation,
         **runner_kwargs,
     )
     runner.logger.info(train_dataset.summary_text())
+    if validates:
+        runner.logger.info(f"validation: {val_dataset.summary_text()}")
     if resume is not None and resume_from is None:
         runner.logger.info(f"--resume auto: no checkpoint in {work_dir} yet, starting from the beginning")
     runner.train()

@@ -105,9 +105,9 @@ def test_bad_record_fails_before_training(tmp_path):
     data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     config = small_demo_config(tmp_path, "bad_data")
     text = config.read_text().replace(
-        "dataset=dict(type=build_demo_preference_data, num_pairs=num_pairs, seed=data_seed),",
-        f"dataset=dict(type=load_jsonl_dataset, data_files={str(data)!r}),",
-    ).replace("from rmtrain.data import ", "from rmtrain.data import load_jsonl_dataset, ")
+        "demo_data = dict(type=build_demo_preference_data, num_pairs=round(num_pairs / (1 - val_split)), seed=data_seed)",
+        f"demo_data = dict(type='rmtrain.data.load_jsonl_dataset', data_files={str(data)!r})",
+    )
     config.write_text(text)
     work_dir = tmp_path / "work"
     result = run_rmtrain("train", str(config), "--work-dir", str(work_dir), cwd=tmp_path, check=False)

@@ -1,0 +1,76 @@
+"""Preference metrics from scores, in one place: validation during training and `rmtrain eval` use them.
+
+Pure functions over plain lists of floats; nothing here knows about models or files.
+"""
+
+import math
+from collections.abc import Sequence
+
+from rmtrain.errors import EvaluationError
+
+PERCENTILES = (5, 25, 50, 75, 95)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of ascending values, interpolated linearly between ranks (as numpy's default)."""
+    position = (len(sorted_values) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def distribution(values: Sequence[float]) -> dict:
+    """{'mean', 'std' (population), 'p5', 'p25', 'p50', 'p75', 'p95'} of a non-empty list."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((value - mean) ** 2 for value in values) / len(values))
+    ordered = sorted(values)
+    return {"mean": mean, "std": std, **{f"p{q}": percentile(ordered, q) for q in PERCENTILES}}
+
+
+def preference_metrics(
+    chosen_scores: Sequence[float],
+    rejected_scores: Sequence[float],
+    subsets: Sequence[str] | None = None,
+) -> dict:
+    """Accuracy and score statistics of scored pairs.
+
+    Pair i is correct when chosen_scores[i] > rejected_scores[i] strictly: a tie counts as wrong,
+    so a model that scores everything alike gets 0, not 0.5. Returns `pairs`, `correct`,
+    `accuracy`, `margin_mean` (chosen - rejected), `chosen_score_mean`, `rejected_score_mean`,
+    `scores` (the distribution of all 2 * pairs scores, see `distribution`), `margins` (of the
+    per-pair margins) and `subsets` ({label: {'pairs', 'correct', 'accuracy'}}, sorted by label;
+    empty without `subsets`).
+    """
+    chosen, rejected = [float(s) for s in chosen_scores], [float(s) for s in rejected_scores]
+    if len(chosen) != len(rejected):
+        raise EvaluationError(f"{len(chosen)} chosen scores but {len(rejected)} rejected scores")
+    if subsets is not None and len(subsets) != len(chosen):
+        raise EvaluationError(f"{len(subsets)} subset labels for {len(chosen)} pairs")
+    if not chosen:
+        raise EvaluationError("no pairs to evaluate: accuracy and score statistics need at least one scored pair")
+    correct = [c > r for c, r in zip(chosen, rejected)]  # a tie counts as wrong
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {
+        "pairs": len(chosen),
+        "correct": sum(correct),
+        "accuracy": sum(correct) / len(chosen),
+        "margin_mean": sum(margins) / len(margins),
+        "chosen_score_mean": sum(chosen) / len(chosen),
+        "rejected_score_mean": sum(rejected) / len(rejected),
+        "scores": distribution(chosen + rejected),
+        "margins": distribution(margins),
+        "subsets": subset_accuracy(correct, subsets) if subsets is not None else {},
+    }
+
+
+def subset_accuracy(correct: Sequence[bool], subsets: Sequence[str]) -> dict:
+    """{label: {'pairs', 'correct', 'accuracy'}} for each subset label, sorted by label."""
+    counts: dict[str, list[int]] = {}
+    for is_correct, label in zip(correct, subsets):
+        total_and_correct = counts.setdefault(str(label), [0, 0])
+        total_and_correct[0] += 1
+        total_and_correct[1] += int(is_correct)
+    return {
+        label: {"pairs": total, "correct": right, "accuracy": right / total}
+        for label, (total, right) in sorted(counts.items())
+    }

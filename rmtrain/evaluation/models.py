@@ -1,0 +1,179 @@
+"""Reward models to evaluate, reduced to what the shared scoring rule needs: a trunk and a value head.
+
+Scores never come from a Hugging Face model's own forward: `rmtrain.scoring.score_sequences`
+reads every model's score (training, export check, evaluation), so all three agree on where a
+score is read. What each kind of model contributes:
+
+- a folder from `rmtrain convert pth_to_hf`, `<Arch>ForSequenceClassification` (num_labels=1):
+  trunk `model.base_model`, head `model.score`; its tokenizer carries the training chat template;
+- a folder with `InternLM2ForRewardModel`: trunk `model.model`, head `model.v_head`;
+- a training checkpoint (`iter_N.pth`, or a DeepSpeed `iter_N.pth/` folder) with its config: the
+  RewardModel built from the config, trunk `.model`, head `.v_head`, and the config's tokenizer.
+
+The tokenizer side (`encoding`) is separate from the weights (`score_modules`), so the data can be
+read and checked before a large model is loaded.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+
+from rmtrain.builder import build
+from rmtrain.engine.deepspeed import is_deepspeed_checkpoint
+from rmtrain.errors import ConfigError, EvaluationError, RmtrainError
+
+DEFAULT_MAX_LENGTH = 2048  # when neither a config nor the folder's rmtrain_config.py gives one
+EXPORTED_CONFIG = "rmtrain_config.py"  # the training config that `rmtrain convert` saves in the folder
+
+
+@dataclass
+class Encoding:
+    """How conversations become token ids for this model (see `rmtrain.scoring.encode_conversation`)."""
+
+    tokenizer: Any
+    reward_token_id: int | None
+    chat_template: str | None  # a named template or Jinja text; None: the tokenizer's own
+    max_length: int
+    max_length_from: str  # 'config', 'rmtrain_config.py' or 'default', for the report
+
+
+def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """float32 on the CPU; bfloat16 on a GPU that has it (float32 weights of a large model rarely fit)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.device("cpu"), torch.float32
+
+
+def _reward_token(value) -> int | None:
+    return value if value is not None and value >= 0 else None
+
+
+def _no_reward_model(folder: str, what: str) -> EvaluationError:
+    return EvaluationError(
+        f"{folder} holds no reward model ({what}). `rmtrain eval` needs a folder written by `rmtrain convert "
+        "pth_to_hf` (an <Arch>ForSequenceClassification with num_labels=1, or InternLM2ForRewardModel), or a "
+        "training checkpoint (iter_N.pth) with --config"
+    )
+
+
+def _reward_folder_config(folder: str):
+    """The folder's transformers config, if it describes a model with one scalar score; EvaluationError otherwise."""
+    from transformers import AutoConfig
+
+    import rmtrain.model.internlm2  # noqa: F401  (registers InternLM2 with the Auto classes)
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise _no_reward_model(folder, "no config.json")
+    config = AutoConfig.from_pretrained(folder)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if "InternLM2ForRewardModel" in architectures:
+        return config
+    classifiers = [name for name in architectures if name.endswith("ForSequenceClassification")]
+    if not classifiers:
+        raise _no_reward_model(folder, f"its config.json names {', '.join(architectures) or 'no architecture'}")
+    if config.num_labels != 1:
+        raise _no_reward_model(folder, f"{classifiers[0]} with num_labels={config.num_labels}, not one score")
+    return config
+
+
+def _is_internlm2_reward_model(config) -> bool:
+    return "InternLM2ForRewardModel" in (getattr(config, "architectures", None) or [])
+
+
+class RewardModelSource:
+    """A converted folder, or a training checkpoint with the config it was trained with.
+
+    max_length (unless the caller overrides it): a checkpoint's config gives it; for a folder, the
+    `config` when given, else the folder's rmtrain_config.py when it loads here, else DEFAULT_MAX_LENGTH.
+    """
+
+    def __init__(self, model: str, config: str | None = None):
+        from rmtrain.engine.config import load_config
+
+        self.model = model
+        self.is_checkpoint = os.path.isfile(model) or is_deepspeed_checkpoint(model)
+        self.cfg = load_config(config) if config is not None else None
+        if self.is_checkpoint and self.cfg is None:
+            raise ConfigError(f"{model} is a training checkpoint: give the config it was trained with (--config CFG)")
+        if not self.is_checkpoint and not os.path.isdir(model):
+            raise EvaluationError(f"model not found: {model} is neither a model folder nor a checkpoint file")
+        self.folder_config = None if self.is_checkpoint else _reward_folder_config(model)
+
+    def encoding(self) -> Encoding:
+        if self.is_checkpoint:
+            dataset_cfg = self.cfg.train_dataloader.dataset
+            return Encoding(
+                tokenizer=build(dataset_cfg.tokenizer),
+                reward_token_id=_reward_token(dataset_cfg.get("reward_token_id", -1)),
+                chat_template=dataset_cfg.get("chat_template"),
+                max_length=dataset_cfg.max_length,
+                max_length_from="config",
+            )
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.model, trust_remote_code=_is_internlm2_reward_model(self.folder_config)
+            )
+        except (OSError, ValueError) as error:
+            raise EvaluationError(f"{self.model} has no tokenizer that transformers can load: {error}") from error
+        max_length, max_length_from = self._folder_max_length()
+        return Encoding(
+            tokenizer=tokenizer,
+            reward_token_id=_reward_token(getattr(self.folder_config, "reward_token_id", None)),
+            chat_template=None,  # the folder's tokenizer carries the template used in training
+            max_length=max_length,
+            max_length_from=max_length_from,
+        )
+
+    def _folder_max_length(self) -> tuple[int, str]:
+        if self.cfg is not None:
+            return self.cfg.train_dataloader.dataset.max_length, "config"
+        path = os.path.join(self.model, EXPORTED_CONFIG)
+        if not os.path.isfile(path):
+            return DEFAULT_MAX_LENGTH, "default"
+        from rmtrain.engine.config import load_config
+
+        try:
+            return load_config(path).train_dataloader.dataset.max_length, EXPORTED_CONFIG
+        except RmtrainError as error:  # e.g. it imports a module that lived beside the original config
+            print_log(
+                f"{path} does not load here ({error}); using max_length {DEFAULT_MAX_LENGTH} (or pass --max-length)",
+                logger="current",
+                level=logging.WARNING,
+            )
+            return DEFAULT_MAX_LENGTH, "default"
+
+    def score_modules(self, device, dtype: torch.dtype) -> tuple[nn.Module, nn.Module, str]:
+        """(trunk, value head, a description) on `device` in `dtype` and eval mode."""
+        if self.is_checkpoint:
+            trunk, head, name = self._checkpoint_modules()
+        else:
+            trunk, head, name = self._folder_modules(dtype)
+        for module in (trunk, head):
+            module.to(device=device, dtype=dtype).eval()
+        return trunk, head, name
+
+    def _checkpoint_modules(self) -> tuple[nn.Module, nn.Module, str]:
+        # The conversion's readers: the same checks (a trained value head, every key fitting the model).
+        from rmtrain.convert import _load_trained_weights, _read_state_dict
+
+        reward_model = build(self.cfg.model)
+        _load_trained_weights(reward_model, _read_state_dict(self.model), self.model)
+        return reward_model.model, reward_model.v_head, f"RewardModel of {os.path.basename(self.cfg.filename)}"
+
+    def _folder_modules(self, dtype: torch.dtype) -> tuple[nn.Module, nn.Module, str]:
+        if _is_internlm2_reward_model(self.folder_config):
+            from rmtrain.model.internlm2 import InternLM2ForRewardModel
+
+            model = InternLM2ForRewardModel.from_pretrained(self.model, dtype=dtype)
+            return model.model, model.v_head, type(model).__name__
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(self.model, dtype=dtype)
+        return model.base_model, model.score, type(model).__name__
