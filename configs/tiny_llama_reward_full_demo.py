@@ -8,7 +8,13 @@ from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visua
 from torch.optim import AdamW
 from transformers import LlamaConfig, LlamaModel
 
-from rmtrain.data import build_demo_preference_data, build_demo_tokenizer, build_preference_dataset, preference_collate_fn
+from rmtrain.data import (
+    LengthGroupedSampler,
+    build_demo_preference_data,
+    build_demo_tokenizer,
+    build_preference_dataset,
+    preference_collate_fn,
+)
 from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
 from rmtrain.evaluation import RewardMetric
 from rmtrain.model import RewardModel
@@ -18,7 +24,7 @@ from rmtrain.model import RewardModel
 #######################################################################
 # Model
 reward_token_id = 3  # '<|reward|>' in the demo tokenizer
-use_varlen_attn = False
+use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
 loss_type = "ranking"
 penalty_type = "log_barrier"
 penalty_weight = 0.01
@@ -28,9 +34,10 @@ num_pairs = 2000  # pairs to train on
 val_split = 0.1  # share of the generated pairs held out for validation
 data_seed = 0
 max_length = 96
+max_packed_length = 1024  # tokens per packed bin (use_varlen_attn=True)
 
 # Scheduler & Optimizer
-batch_size = 16  # pairs per device
+batch_size = 16  # pairs per device (use_varlen_attn=True: one packed bin per device instead)
 accumulative_counts = 1
 dataloader_num_workers = 0
 max_epochs = 2
@@ -59,6 +66,7 @@ model = dict(
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
+    use_varlen_attn=use_varlen_attn,
     use_activation_checkpointing=False,
     llm=dict(
         type=LlamaModel,
@@ -93,16 +101,21 @@ train_dataset = dict(
     reward_token_id=reward_token_id,
     num_proc=1,
     use_varlen_attn=use_varlen_attn,
+    max_packed_length=max_packed_length,
+    pack_seed=data_seed,
     val_split=val_split,  # the records of the val part are left out
     split_seed=data_seed,
     split="train",
 )
 
 train_dataloader = dict(
-    batch_size=batch_size,
+    batch_size=1 if use_varlen_attn else batch_size,
     num_workers=dataloader_num_workers,
     dataset=train_dataset,
-    sampler=dict(type=DefaultSampler, shuffle=True),
+    # Packed bins are shuffled as they are; padded batches group pairs of similar length.
+    sampler=dict(type=DefaultSampler, shuffle=True)
+    if use_varlen_attn
+    else dict(type=LengthGroupedSampler, batch_size=batch_size),
     collate_fn=dict(type=preference_collate_fn, use_varlen_attn=use_varlen_attn),
 )
 
