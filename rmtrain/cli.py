@@ -102,6 +102,7 @@ def _eval(args) -> int:
         max_length=args.max_length,
         out=args.out,
         chat_template=args.chat_template,
+        skip_bad_records=args.skip_bad_records,
     )
     print(summary_table(summary))
     return 0
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="tokens per sequence (default: the training config's, else 2048)")
     p.add_argument("--out", help="write one JSON line per pair here, and the summary to OUT's .summary.json")
     p.add_argument("--chat-template", help="a named template or Jinja text instead of the model's")
+    p.add_argument("--skip-bad-records", action="store_true", help="drop and count records the map function cannot read")
     p.set_defaults(func=_eval)
     return parser
 

@@ -106,6 +106,7 @@ def evaluate_reward_model(
     max_length: int | None = None,
     out: str | None = None,
     chat_template: str | None = None,
+    skip_bad_records: bool = False,
 ) -> dict:
     """Score every pair of `data` with `model` and return the summary (see `preference_metrics` for its metrics).
 
@@ -113,6 +114,7 @@ def evaluate_reward_model(
     `map_fn`: how to read the records (default: rmtrain's own format). `max_length`: default the
     training one (see `RewardModelSource`). `out`: write one JSON line per pair there and the
     summary to `report.summary_path(out)`. `chat_template`: override the model's template.
+    `skip_bad_records`: drop (and count) records the map function cannot read instead of stopping.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -132,6 +134,7 @@ def evaluate_reward_model(
         is_reward=True,
         reward_token_id=-1 if encoding.reward_token_id is None else encoding.reward_token_id,
         chat_template=chat_template or encoding.chat_template,
+        skip_bad_records=skip_bad_records,
     )
     record_indices = list(pairs.pairs["record_index"])
     subset_field, subsets = subset_labels(records, record_indices)
@@ -147,6 +150,7 @@ def evaluate_reward_model(
         "data": data,
         "max_length": max_length,
         "max_length_from": max_length_from,
+        "dropped_records": pairs.summary["dropped_pairs"],
         "truncation": {key: pairs.summary[key] for key in ("prompt_cut_pairs", "chosen_cut_pairs", "rejected_cut_pairs")},
         "batch_size": batch_size,
         "device": str(device),

@@ -50,7 +50,8 @@ def summary_table(summary: dict) -> str:
         (
             f"data      {summary['data']}: {summary['pairs']} pairs, max_length {summary['max_length']} "
             f"({summary['max_length_from']}); prompt cut in {cut['prompt_cut_pairs']} pairs, chosen response "
-            f"in {cut['chosen_cut_pairs']}, rejected response in {cut['rejected_cut_pairs']}"
+            f"in {cut['chosen_cut_pairs']}, rejected response in {cut['rejected_cut_pairs']}; "
+            f"{summary.get('dropped_records', 0)} unreadable records dropped"
         ),
         f"accuracy  {summary['accuracy']:.4f} ({summary['correct']} of {summary['pairs']} pairs; a tie counts as wrong)",
         (
