@@ -572,9 +572,7 @@ def build_tokenizer(data_root: Path, vocab_size: int, cache_dir: Path) -> Path:
     out_dir = cache_dir / f"tokenizer-{vocab_size}-{_file_digest(files, DEMO_SPECIAL_TOKENS, DEMO_CHAT_TEMPLATE)}"
     if (out_dir / "tokenizer.json").is_file():
         return out_dir
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
+    from rmtrain.data.demo import chat_tokenizer, train_byte_level_bpe
     from rmtrain.data.map_fns import resolve_map_fn
     from rmtrain.errors import RecordFieldError
 
@@ -589,32 +587,8 @@ def build_tokenizer(data_root: Path, vocab_size: int, cache_dir: Path) -> Path:
             for key in ("prompt", "chosen", "rejected"):
                 texts += [f"{m['role']}\n{m['content']}\n" for m in mapped[key]]
     start = time.time()
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(DEMO_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    special = [t for t in DEMO_SPECIAL_TOKENS if t not in ("<|pad|>", "<|im_end|>")]
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<|pad|>",
-        eos_token="<|im_end|>",
-        bos_token=None,
-        unk_token=None,
-        additional_special_tokens=special,
-        padding_side="right",
-        truncation_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=1 << 20,
-    )
-    fast.chat_template = DEMO_CHAT_TEMPLATE
-    assert REWARD_TOKEN in special and fast.convert_tokens_to_ids(REWARD_TOKEN) != fast.pad_token_id
+    fast = chat_tokenizer(train_byte_level_bpe(texts, vocab_size), model_max_length=1 << 20)
+    assert fast.convert_tokens_to_ids(REWARD_TOKEN) not in (fast.pad_token_id, fast.unk_token_id)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     fast.save_pretrained(str(tmp))
     tmp.rename(out_dir)

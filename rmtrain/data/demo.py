@@ -262,7 +262,8 @@ def _tokenizer_corpus() -> list[str]:
     return texts
 
 
-def _train_tokenizer(vocab_size: int) -> Tokenizer:
+def train_byte_level_bpe(texts, vocab_size: int) -> Tokenizer:
+    """A byte-level BPE trained on `texts`, with the demo's special tokens at ids 0, 1, 2, ..."""
     tokenizer = Tokenizer(models.BPE())
     # Byte level: every string is encodable and decodes back exactly, no unknown token needed.
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -274,7 +275,7 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     for token_id, token in enumerate(DEMO_SPECIAL_TOKENS):
         assert tokenizer.token_to_id(token) == token_id, (token, tokenizer.token_to_id(token))
     return tokenizer
@@ -289,9 +290,14 @@ def build_demo_tokenizer(vocab_size: int = DEMO_VOCAB_SIZE) -> transformers.PreT
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < min_size:
         raise ConfigError(f"vocab_size must be an int >= {min_size}, got {vocab_size!r}")
     if vocab_size not in _TOKENIZER_CACHE:
-        _TOKENIZER_CACHE[vocab_size] = _train_tokenizer(vocab_size).to_str()
+        _TOKENIZER_CACHE[vocab_size] = train_byte_level_bpe(_tokenizer_corpus(), vocab_size).to_str()
+    return chat_tokenizer(Tokenizer.from_str(_TOKENIZER_CACHE[vocab_size]))
+
+
+def chat_tokenizer(tokenizer: Tokenizer, model_max_length: int = 2048) -> transformers.PreTrainedTokenizerFast:
+    """A transformers tokenizer around a `train_byte_level_bpe` result: pad, eos, reward token, ChatML template."""
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_TOKENIZER_CACHE[vocab_size]),
+        tokenizer_object=tokenizer,
         pad_token="<|pad|>",
         eos_token="<|im_end|>",
         bos_token=None,
@@ -300,7 +306,7 @@ def build_demo_tokenizer(vocab_size: int = DEMO_VOCAB_SIZE) -> transformers.PreT
         padding_side="right",
         truncation_side="right",
         clean_up_tokenization_spaces=False,
-        model_max_length=2048,
+        model_max_length=model_max_length,
     )
     tokenizer.chat_template = DEMO_CHAT_TEMPLATE
     return tokenizer

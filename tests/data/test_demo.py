@@ -1,7 +1,6 @@
 """Tests for the self-made demo data and tokenizer (rmtrain.data.demo)."""
 
 import collections
-import time
 
 import pytest
 import torch
@@ -180,10 +179,12 @@ def test_vocab_is_deterministic():
     assert first == second
 
 
-def test_training_is_fast():
-    start = time.perf_counter()
-    demo._train_tokenizer(DEMO_VOCAB_SIZE)
-    assert time.perf_counter() - start < 2.0
+def test_byte_level_bpe_on_other_texts_keeps_the_special_ids_and_round_trips():
+    tokenizer = demo.chat_tokenizer(demo.train_byte_level_bpe(["héllo wörld, ünïcode 🙂"] * 50 + ["plain text"] * 50, 400))
+    assert tokenizer.convert_tokens_to_ids("<|reward|>") == DEMO_REWARD_TOKEN_ID
+    assert tokenizer.pad_token_id == DEMO_PAD_TOKEN_ID
+    text = "never seen: Ωμέγα ✓"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
 
 def test_cached_copies_are_independent():
