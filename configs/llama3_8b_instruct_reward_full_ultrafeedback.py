@@ -56,12 +56,10 @@ tokenizer = dict(
 )
 
 model = dict(
-    type=RewardModel,
-    reward_token_id=reward_token_id,
+    type=RewardModel,  # reward_token_id and use_varlen_attn come from the data set's config
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
-    use_varlen_attn=use_varlen_attn,
     use_activation_checkpointing=True,
     llm=dict(
         type=AutoModel.from_pretrained,
@@ -98,7 +96,7 @@ train_dataloader = dict(
     sampler=dict(type=DefaultSampler, shuffle=True)
     if use_varlen_attn
     else dict(type=LengthGroupedSampler, batch_size=batch_size),
-    collate_fn=dict(type=preference_collate_fn, use_varlen_attn=use_varlen_attn),
+    collate_fn=dict(type=preference_collate_fn),
 )
 
 #######################################################################
@@ -113,8 +111,22 @@ optim_wrapper = dict(
 )
 
 param_scheduler = [
-    dict(type=LinearWarmupLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs, convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
+    dict(
+        type=LinearWarmupLR,
+        start_factor=1e-5,
+        by_epoch=True,
+        begin=0,
+        end=warmup_ratio * max_epochs,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type=CosineAnnealingLR,
+        eta_min=0.0,
+        by_epoch=True,
+        begin=warmup_ratio * max_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
 ]
 
 train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
@@ -132,7 +144,9 @@ default_hooks = dict(
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl"))
+env_cfg = dict(
+    cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl")
+)
 
 # Scalars go to <work_dir>/<timestamp>/vis_data/scalars.json and to TensorBoard event files.
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])

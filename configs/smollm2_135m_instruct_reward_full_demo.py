@@ -11,11 +11,16 @@ from mmengine.runner import ValLoop
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from torch.optim import AdamW
 
-from rmtrain.data import LengthGroupedSampler, build_demo_preference_data, build_preference_dataset, preference_collate_fn
+from rmtrain.assets import smollm2_135m_instruct_model, smollm2_135m_instruct_tokenizer
+from rmtrain.data import (
+    LengthGroupedSampler,
+    build_demo_preference_data,
+    build_preference_dataset,
+    preference_collate_fn,
+)
 from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
-from rmtrain.evaluation import RewardMetric
+from rmtrain.metrics import RewardMetric
 from rmtrain.model import RewardModel
-from rmtrain.model.pretrained import smollm2_135m_instruct_model, smollm2_135m_instruct_tokenizer
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -61,18 +66,16 @@ val_interval = 35  # validate halfway and at the end; the best val/accuracy chec
 #######################################################################
 #            PART 2  Model & Tokenizer                                #
 #######################################################################
-# Both build the converted folder on first use (see rmtrain.model.pretrained); for a model folder of
+# Both build the converted folder on first use (see rmtrain.assets); for a model folder of
 # your own use dict(type=AutoTokenizer.from_pretrained / AutoModel.from_pretrained,
 # pretrained_model_name_or_path=...) as in the other recipes.
 tokenizer = dict(type=smollm2_135m_instruct_tokenizer, padding_side="right")
 
 model = dict(
-    type=RewardModel,
-    reward_token_id=reward_token_id,
+    type=RewardModel,  # reward_token_id and use_varlen_attn come from the data set's config
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
-    use_varlen_attn=use_varlen_attn,
     use_activation_checkpointing=False,
     llm=dict(
         type=smollm2_135m_instruct_model,  # LlamaModel: the chat model without its LM head
@@ -111,7 +114,7 @@ train_dataloader = dict(
     sampler=dict(type=DefaultSampler, shuffle=True)
     if use_varlen_attn
     else dict(type=LengthGroupedSampler, batch_size=batch_size),
-    collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id, use_varlen_attn=use_varlen_attn),
+    collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id),
 )
 
 # Validation: the held-out part of the same records, built with the same settings.
@@ -122,7 +125,7 @@ val_dataloader = dict(
     num_workers=dataloader_num_workers,
     dataset=val_dataset,
     sampler=dict(type=DefaultSampler, shuffle=False),
-    collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id, use_varlen_attn=use_varlen_attn),
+    collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id),
 )
 
 # Reports val/accuracy, val/margin_mean, val/chosen_score_mean, val/rejected_score_mean, val/score_std, val/pairs.
@@ -140,8 +143,22 @@ optim_wrapper = dict(
 )
 
 param_scheduler = [
-    dict(type=LinearWarmupLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs, convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
+    dict(
+        type=LinearWarmupLR,
+        start_factor=1e-5,
+        by_epoch=True,
+        begin=0,
+        end=warmup_ratio * max_epochs,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type=CosineAnnealingLR,
+        eta_min=0.0,
+        by_epoch=True,
+        begin=warmup_ratio * max_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
 ]
 
 train_cfg = dict(type=TrainLoop, max_epochs=max_epochs, val_interval=val_interval)
@@ -158,13 +175,19 @@ default_hooks = dict(
     param_scheduler=dict(type=ParamSchedulerHook),
     # Keeps the last save_total_limit checkpoints and, apart from them, the one with the best validation accuracy.
     checkpoint=dict(
-        type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit,
-        save_best="val/accuracy", rule="greater",
+        type=CheckpointHook,
+        by_epoch=False,
+        interval=save_steps,
+        max_keep_ckpts=save_total_limit,
+        save_best="val/accuracy",
+        rule="greater",
     ),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl"))
+env_cfg = dict(
+    cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl")
+)
 
 # Scalars go to <work_dir>/<timestamp>/vis_data/scalars.json and to TensorBoard event files.
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])

@@ -16,7 +16,8 @@ def _resolve(obj):
     return obj
 
 
-def _resolve_type(obj_type):
+def resolve_type(obj_type):
+    """A `type=` value (a callable, a lazy import or a dotted path 'module.name') -> the callable."""
     obj_type = _resolve(obj_type)
     if isinstance(obj_type, str):
         module_name, _, attr = obj_type.rpartition(".")
@@ -42,4 +43,4 @@ def build(cfg, recursive: bool = False, **overrides):
     if recursive:
         kwargs = {key: build(value, recursive=True) for key, value in kwargs.items()}
     kwargs.update(overrides)
-    return _resolve_type(cfg["type"])(**kwargs)
+    return resolve_type(cfg["type"])(**kwargs)

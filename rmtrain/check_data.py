@@ -12,13 +12,13 @@ from contextlib import contextmanager
 import torch
 
 from rmtrain.builder import build
+from rmtrain.config import load_config, scoring_inputs
 from rmtrain.data.packing import (
     LengthGroupedSampler,
     PackedPreferenceDataset,
     padded_fraction,
     pair_lengths,
 )
-from rmtrain.engine.config import load_config
 
 PERCENTILES = (50, 90, 99)
 
@@ -118,7 +118,7 @@ def batching_lines(dataset, dataloader_cfg: dict, seed: int) -> list[str]:
 
 def render_ids(tokenizer, ids: list[int], reward_token_id: int | None) -> str:
     """Decode ids as the model sees them (special tokens kept), the reward token shown as ⟦token⟧."""
-    if reward_token_id is None or reward_token_id < 0:
+    if reward_token_id is None:
         return tokenizer.decode(ids, skip_special_tokens=False)
     marker = f"⟦{tokenizer.convert_ids_to_tokens(reward_token_id)}⟧"
     parts, current = [], []
@@ -139,7 +139,7 @@ def _indent(text: str) -> str:
 def pair_lines(tokenizer, pair: dict, reward_token_id: int | None) -> list[str]:
     mark = (
         f"⟦...⟧ marks the reward token, id {reward_token_id}"
-        if reward_token_id is not None and reward_token_id >= 0
+        if reward_token_id is not None
         else "no reward token: the score is read at the last token"
     )
     lines = [f"first pair, decoded from its token ids ({mark}):"]
@@ -156,8 +156,9 @@ def check_data(config: str, cfg_options: dict | None = None) -> str:
     """
     cfg = load_config(config, cfg_options)
     dataset_cfg = cfg.train_dataloader.dataset
+    tokenizer = build(dataset_cfg.tokenizer)  # built once: the data set tokenises with it, the report decodes with it
     # Building logs the data set summary and progress lines; the report below adds what they lack.
-    dataset = build(dataset_cfg)
+    dataset = build(dataset_cfg, tokenizer=tokenizer)
     pairs = dataset.pairs if isinstance(dataset, PackedPreferenceDataset) else dataset
     summary = dataset.summary
     seed = (cfg.get("randomness") or {}).get("seed") or 0
@@ -168,12 +169,12 @@ def check_data(config: str, cfg_options: dict | None = None) -> str:
     lines += length_table(pair_lengths(pairs))
     lines += batching_lines(dataset, cfg.train_dataloader, seed)
 
-    tokenizer = build(cfg.get("tokenizer") or dataset_cfg.tokenizer)
-    lines += pair_lines(tokenizer, pairs[0], dataset_cfg.get("reward_token_id"))
+    lines += pair_lines(tokenizer, pairs[0], scoring_inputs(cfg).reward_token_id)
 
     val_dataloader = cfg.get("val_dataloader")
     if val_dataloader and val_dataloader.get("dataset"):
-        val = build(val_dataloader.dataset)
+        same_tokenizer = val_dataloader.dataset.get("tokenizer") == dataset_cfg.tokenizer
+        val = build(val_dataloader.dataset, **({"tokenizer": tokenizer} if same_tokenizer else {}))
         val_summary = getattr(val, "summary", None) or {"pairs": len(val)}
         lines.append(f"val data from {val_summary.get('source', 'the config')}")
         lines += count_lines(val_summary)

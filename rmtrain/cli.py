@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check_data)
 
     p = verbs.add_parser("eval", help="a reward model's accuracy on preference pairs, overall and per subset")
-    p.add_argument("model", help="a folder from `rmtrain convert pth_to_hf`, or a checkpoint (iter_N.pth) with --config")
+    p.add_argument(
+        "model", help="a folder from `rmtrain convert pth_to_hf`, or a checkpoint (iter_N.pth) with --config"
+    )
     p.add_argument("data", help="preference records: a .jsonl, .json, .parquet or .csv file (.gz ok)")
     p.add_argument("--config", help="the training config (needed for a checkpoint; gives max_length)")
     p.add_argument("--map-fn", help="map function name or dotted path (default: records in rmtrain's format)")
@@ -191,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="tokens per sequence (default: the training config's, else 2048)")
     p.add_argument("--out", help="write one JSON line per pair here, and the summary to OUT's .summary.json")
     p.add_argument("--chat-template", help="a named template or Jinja text instead of the model's")
-    p.add_argument("--skip-bad-records", action="store_true", help="drop and count records the map function cannot read")
+    p.add_argument(
+        "--skip-bad-records", action="store_true", help="drop and count records the map function cannot read"
+    )
     p.set_defaults(func=_eval)
     return parser
 

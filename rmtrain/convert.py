@@ -17,9 +17,8 @@ import torch
 from mmengine.logging import print_log
 
 from rmtrain.builder import build
-from rmtrain.engine.compat import load_checkpoint_file
-from rmtrain.engine.config import load_config
-from rmtrain.engine.deepspeed import deepspeed_model_state_dict, is_deepspeed_checkpoint
+from rmtrain.checkpoints import load_model_weights, read_model_state_dict
+from rmtrain.config import load_config, scoring_inputs
 from rmtrain.errors import RmtrainError
 from rmtrain.scoring import encode_conversation, ensure_distinct_pad_token, pad_sequences, resolve_chat_template
 
@@ -34,7 +33,10 @@ VERIFY_CONVERSATIONS = [
     ],
     [
         {"role": "user", "content": "Reply in one word: what colour is the sky?"},
-        {"role": "assistant", "content": "Well, it depends on the time of day, the weather and where you are standing."},
+        {
+            "role": "assistant",
+            "content": "Well, it depends on the time of day, the weather and where you are standing.",
+        },
     ],
 ]
 
@@ -49,43 +51,6 @@ class ConversionError(RmtrainError):
 def _check_save_dir(save_dir: str, overwrite: bool) -> None:
     if os.path.isdir(save_dir) and os.listdir(save_dir) and not overwrite:
         raise ConversionError(f"{save_dir} exists and is not empty; pass --overwrite to replace it")
-
-
-def _read_state_dict(pth: str) -> dict:
-    """The model's state dict from an iter_N.pth file, or from the iter_N.pth/ folder of a DeepSpeed run."""
-    if os.path.isdir(pth):
-        if not is_deepspeed_checkpoint(pth):
-            raise ConversionError(f"{pth} is a folder but not a DeepSpeed checkpoint; give an iter_N.pth checkpoint")
-        return deepspeed_model_state_dict(pth)
-    if not os.path.isfile(pth):
-        raise ConversionError(f"checkpoint not found: {pth}")
-    # The user names this file explicitly, so a full (non-weights-only) load is allowed for it.
-    checkpoint = load_checkpoint_file(pth, [os.path.dirname(pth) or "."])
-    return checkpoint.get("state_dict", checkpoint)
-
-
-def _load_trained_weights(reward_model, state_dict: dict, pth: str) -> None:
-    """Load strictly; a missing value head or any missing/extra/mis-shaped key is an error."""
-    expected = reward_model.state_dict()
-    if "v_head.weight" not in state_dict:
-        raise ConversionError(
-            f"{pth} has no trained value head (v_head.weight); refusing to export a zero or random head"
-        )
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    misshaped = sorted(
-        f"{key} {tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in set(expected) & set(state_dict)
-        if tuple(state_dict[key].shape) != tuple(expected[key].shape)
-    )
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped (checkpoint vs config)", misshaped)):
-        if keys:
-            shown = ", ".join(keys[:12]) + (f" (+{len(keys) - 12} more)" if len(keys) > 12 else "")
-            problems.append(f"{len(keys)} {label}: {shown}")
-    if problems:
-        raise ConversionError(f"{pth} does not fit this config's model; " + "; ".join(problems))
-    reward_model.load_state_dict(state_dict, strict=True)
 
 
 def _internlm2_reward_model(reward_model, reward_token_id):
@@ -232,18 +197,17 @@ def convert_pth_to_hf(
     """Export; returns the largest score difference found by the verification (None when skipped)."""
     cfg = load_config(config)
     _check_save_dir(save_dir, overwrite)
-    state_dict = _read_state_dict(pth)
+    state_dict = read_model_state_dict(pth)
 
     reward_model = build(cfg.model)
-    _load_trained_weights(reward_model, state_dict, pth)
+    load_model_weights(reward_model, state_dict, pth)
     reward_model.float().eval()
 
-    dataset_cfg = cfg.train_dataloader.dataset
-    tokenizer = build(dataset_cfg.tokenizer)
-    template = resolve_chat_template(tokenizer, dataset_cfg.get("chat_template"))
+    inputs = scoring_inputs(cfg)
+    tokenizer = build(cfg.train_dataloader.dataset.tokenizer)
+    template = resolve_chat_template(tokenizer, inputs.chat_template)
     tokenizer.chat_template = template  # the export carries the template training used
-    reward_token_id = dataset_cfg.get("reward_token_id", -1)
-    reward_token_id = reward_token_id if reward_token_id is not None and reward_token_id >= 0 else None
+    reward_token_id = inputs.reward_token_id
     reference = _scores_of_training_model(reward_model, tokenizer, template, reward_token_id)
 
     is_internlm2 = reward_model.model.config.model_type == "internlm2"

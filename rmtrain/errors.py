@@ -41,3 +41,7 @@ class DataError(RmtrainError):
 
 class EvaluationError(RmtrainError):
     """A reward model cannot be evaluated: nothing to score, or a model without a score head."""
+
+
+class CheckpointError(RmtrainError):
+    """A checkpoint cannot be read, or does not fit the model the config builds."""

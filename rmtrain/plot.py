@@ -87,7 +87,7 @@ def find_run_scalars(work_dir: str | Path, run: str | None = None) -> list[Path]
 
 def _read_lines(path: Path):
     with open(path) as file:
-        for number, text in enumerate(file, 1):
+        for _number, text in enumerate(file, 1):
             if not text.strip():
                 continue
             try:

@@ -50,8 +50,7 @@ def resolve_config(name_or_path: str) -> Path:
     close = difflib.get_close_matches(name_or_path, list(configs), n=5, cutoff=0.4)
     hint = f" Closest names: {', '.join(close)}." if close else ""
     raise ConfigError(
-        f"'{name_or_path}' is neither a config file nor a shipped config name.{hint} "
-        "`rmtrain list-cfg` lists them all."
+        f"'{name_or_path}' is neither a config file nor a shipped config name.{hint} `rmtrain list-cfg` lists them all."
     )
 
 

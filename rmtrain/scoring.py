@@ -54,6 +54,18 @@ NAMED_CHAT_TEMPLATES = {
 }
 
 
+NO_REWARD_TOKEN_XTUNER = -1  # how XTuner's configs write "no reward token"
+
+
+def reward_token_or_none(reward_token_id: int | None) -> int | None:
+    """THE "no reward token" rule: None (rmtrain's value) or XTuner's -1 -> None; any other id unchanged."""
+    if reward_token_id is None or reward_token_id == NO_REWARD_TOKEN_XTUNER:
+        return None
+    if isinstance(reward_token_id, bool) or not isinstance(reward_token_id, int) or reward_token_id < 0:
+        raise ConfigError(f"reward_token_id must be a token id (an int >= 0) or None, got {reward_token_id!r}")
+    return reward_token_id
+
+
 def resolve_chat_template(tokenizer, chat_template: str | None = None) -> str:
     """The Jinja template to render chats with.
 
@@ -111,7 +123,8 @@ def encode_conversation(
     Truncation never removes a whole response: the prompt is cut from the left first (a leading
     BOS token is kept), and only a response that alone exceeds the budget is cut, from the right.
     """
-    has_reward_token = reward_token_id is not None and reward_token_id >= 0
+    reward_token_id = reward_token_or_none(reward_token_id)
+    has_reward_token = reward_token_id is not None
     budget = max_length - (1 if has_reward_token else 0)
     full_text = render_chat(tokenizer, [*prompt, *response], chat_template)
     prompt_text = render_chat(tokenizer, prompt, chat_template, add_generation_prompt=True) if prompt else ""
@@ -209,7 +222,8 @@ def score_sequences(trunk: torch.nn.Module, value_head: torch.nn.Module, batch: 
 
 def check_reward_token(tokenizer, reward_token_id: int | None) -> None:
     """Fail before training on a reward token the tokenizer does not have, or one used as pad."""
-    if reward_token_id is None or reward_token_id < 0:
+    reward_token_id = reward_token_or_none(reward_token_id)
+    if reward_token_id is None:
         return
     if reward_token_id >= len(tokenizer):
         raise ConfigError(
@@ -235,7 +249,7 @@ def ensure_distinct_pad_token(tokenizer, reward_token_id: int | None) -> bool:
     Returns True when a token was added (the caller then grows the embeddings if needed).
     """
     pad = tokenizer.pad_token_id
-    clashes = {tokenizer.eos_token_id, reward_token_id if reward_token_id is not None and reward_token_id >= 0 else None}
+    clashes = {tokenizer.eos_token_id, reward_token_or_none(reward_token_id)}
     if pad is not None and pad not in clashes:
         return False
     tokenizer.add_special_tokens({"pad_token": EXPORT_PAD_TOKEN})

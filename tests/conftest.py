@@ -1,8 +1,14 @@
-"""Shared fixtures: the offline demo tokenizer and a tiny randomly initialised Llama trunk."""
+"""Shared fixtures: the offline demo tokenizer, a tiny randomly initialised Llama trunk, and the
+`rmtrain_cli` runner that every test starting the command line in a fresh process uses.
+
+Tests that train in a subprocess, start several processes or read ../shared/data carry the `slow`
+marker: `python3 -m pytest -q tests -m "not slow"` is the fast tier.
+"""
 
 import pytest
 import torch
 
+from cli_runner import run_rmtrain
 from rmtrain.data.demo import build_demo_tokenizer
 
 TINY_LLAMA_KWARGS = dict(
@@ -36,3 +42,9 @@ def tiny_llama(tiny_llama_config):
 
     torch.manual_seed(0)
     return LlamaModel(tiny_llama_config).float().eval()
+
+
+@pytest.fixture(scope="session")
+def rmtrain_cli():
+    """The command-line runner `run_rmtrain`, for tests and for module-scoped fixtures."""
+    return run_rmtrain

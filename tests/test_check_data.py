@@ -4,11 +4,12 @@ import json
 import re
 
 from recipe_variants import recipe_variant
-
 from rmtrain import cli
 from rmtrain.check_data import length_table, percentile, render_ids
 
-DEMO_DATASET = "demo_data = dict(type=build_demo_preference_data, num_pairs=round(num_pairs / (1 - val_split)), seed=data_seed)"
+DEMO_DATASET = (
+    "demo_data = dict(type=build_demo_preference_data, num_pairs=round(num_pairs / (1 - val_split)), seed=data_seed)"
+)
 
 
 def _check_data(capsys, *argv) -> tuple[int, str, str]:
@@ -29,7 +30,7 @@ def test_percentile_nearest_rank():
 def test_render_ids_marks_the_reward_token(demo_tokenizer):
     ids = demo_tokenizer.encode("hello world", add_special_tokens=False) + [3]
     assert render_ids(demo_tokenizer, ids, 3).endswith("⟦<|reward|>⟧")
-    assert "⟦" not in render_ids(demo_tokenizer, ids, -1)
+    assert "⟦" not in render_ids(demo_tokenizer, ids, None)
 
 
 def test_check_data_padded(tmp_path, capsys):
@@ -40,7 +41,9 @@ def test_check_data_padded(tmp_path, capsys):
     assert re.search(r"dropped\s+0\b", out)
     assert "prompt cut from the left in 0 pairs" in out
     assert re.search(r"chosen\s+\d+\s+\d+\s+\d+\s+\d+", out) and "pair total" in out and "p99" in out
-    assert re.search(r"\d+\.\d% of token slots are padding with random batches, \d+\.\d% with LengthGroupedSampler", out)
+    assert re.search(
+        r"\d+\.\d% of token slots are padding with random batches, \d+\.\d% with LengthGroupedSampler", out
+    )
     chosen, rejected = out.split("  chosen (")[1], out.split("  rejected (")[1]
     assert "<|im_start|>assistant" in chosen and chosen.count("⟦<|reward|>⟧") >= 1
     assert "⟦<|reward|>⟧" in rejected
@@ -50,8 +53,13 @@ def test_check_data_padded(tmp_path, capsys):
 
 def test_check_data_packed_and_truncated(tmp_path, capsys):
     config = recipe_variant(tmp_path, "packed", num_pairs=2000, use_varlen_attn=True, max_length=24)
-    code, out, _ = _check_data(capsys, config, "--cfg-options", "train_dataloader.dataset.dataset.num_pairs=120",
-                                   "train_dataloader.dataset.val_split=0")
+    code, out, _ = _check_data(
+        capsys,
+        config,
+        "--cfg-options",
+        "train_dataloader.dataset.dataset.num_pairs=120",
+        "train_dataloader.dataset.val_split=0",
+    )
     assert code == 0
     assert re.search(r"records read\s+120\b", out)
     assert re.search(r"packed\s+\d+ bins of at most \d+ tokens, no padding", out)
@@ -79,11 +87,15 @@ def test_check_data_bad_record_names_it(tmp_path, capsys):
         "rejected": [{"role": "assistant", "content": "go away"}],
     }
     records = tmp_path / "pairs.jsonl"
-    records.write_text("\n".join(json.dumps(r) for r in [good, good, {"prompt": good["prompt"], "chosen": good["chosen"]}]))
+    records.write_text(
+        "\n".join(json.dumps(r) for r in [good, good, {"prompt": good["prompt"], "chosen": good["chosen"]}])
+    )
     config = recipe_variant(
         tmp_path,
         "bad",
-        replacements=[(DEMO_DATASET, f"demo_data = dict(type='rmtrain.data.load_jsonl_dataset', data_files={str(records)!r})")],
+        replacements=[
+            (DEMO_DATASET, f"demo_data = dict(type='rmtrain.data.load_jsonl_dataset', data_files={str(records)!r})")
+        ],
     )
     code, out, err = _check_data(capsys, config)
     assert code != 0
@@ -92,5 +104,7 @@ def test_check_data_bad_record_names_it(tmp_path, capsys):
 
 
 def test_check_data_bad_cfg_option(capsys):
-    code, _, err = _check_data(capsys, "tiny_llama_reward_full_demo", "--cfg-options", "train_dataloader.dataset.no_such_key=1")
+    code, _, err = _check_data(
+        capsys, "tiny_llama_reward_full_demo", "--cfg-options", "train_dataloader.dataset.no_such_key=1"
+    )
     assert code == 2 and "no_such_key" in err

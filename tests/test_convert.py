@@ -1,16 +1,15 @@
 """`rmtrain convert pth_to_hf`: tiny reward models trained a few steps, exported, reloaded by transformers alone."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.builder import build
-from rmtrain.engine.config import load_config
+from rmtrain.config import load_config
 from rmtrain.scoring import encode_conversation, pad_sequences
 
 SMALL = dict(num_pairs=64, batch_size=8, max_epochs=1, save_steps=8, log_interval=1)
@@ -45,8 +44,7 @@ def demo_vocab_as_qwen2_tokenizer():
 
 
 def rmtrain(*args, cwd):
-    result = subprocess.run([sys.executable, "-m", "rmtrain.cli", *args], cwd=cwd, capture_output=True, text=True)
-    return result
+    return run_rmtrain(*args, cwd=cwd, check=False)
 
 
 def demo_variant(folder: Path, name: str, replacements=(), **settings) -> Path:
@@ -64,16 +62,25 @@ def trained(tmp_path_factory):
             "llama_eos_pad",
             replacements=[
                 ("tokenizer = dict(type=build_demo_tokenizer)", "tokenizer = dict(type=demo_tokenizer_with_eos_pad)"),
-                ("from rmtrain.model import RewardModel", "from rmtrain.model import RewardModel\nfrom test_tokenizers import demo_tokenizer_with_eos_pad"),
+                (
+                    "from rmtrain.model import RewardModel",
+                    "from rmtrain.model import RewardModel\nfrom test_tokenizers import demo_tokenizer_with_eos_pad",
+                ),
             ],
         ),
         "qwen2": demo_variant(
             folder,
             "qwen2",
             replacements=[
-                ("from transformers import LlamaConfig, LlamaModel", "from transformers import Qwen2Config, Qwen2Model"),
+                (
+                    "from transformers import LlamaConfig, LlamaModel",
+                    "from transformers import Qwen2Config, Qwen2Model",
+                ),
                 ("tokenizer = dict(type=build_demo_tokenizer)", "tokenizer = dict(type=demo_vocab_as_qwen2_tokenizer)"),
-                ("from rmtrain.model import RewardModel", "from rmtrain.model import RewardModel\nfrom test_tokenizers import demo_vocab_as_qwen2_tokenizer"),
+                (
+                    "from rmtrain.model import RewardModel",
+                    "from rmtrain.model import RewardModel\nfrom test_tokenizers import demo_vocab_as_qwen2_tokenizer",
+                ),
                 ("type=LlamaModel", "type=Qwen2Model"),
                 ("type=LlamaConfig", "type=Qwen2Config"),
             ],
@@ -96,7 +103,9 @@ def training_scores(config: Path, checkpoint: Path, conversations):
     model.eval()
     tokenizer = build(cfg.train_dataloader.dataset.tokenizer)
     ids = [
-        encode_conversation(tokenizer, c[:-1], c[-1:], 512, cfg.model.reward_token_id, tokenizer.chat_template).input_ids
+        encode_conversation(
+            tokenizer, c[:-1], c[-1:], 512, cfg.model.reward_token_id, tokenizer.chat_template
+        ).input_ids
         for c in conversations
     ]
     with torch.no_grad():
@@ -104,8 +113,14 @@ def training_scores(config: Path, checkpoint: Path, conversations):
 
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "Write the word 'river' in capital letters."}, {"role": "assistant", "content": "RIVER"}],
-    [{"role": "user", "content": "Write the word 'river' in capital letters."}, {"role": "assistant", "content": "river"}],
+    [
+        {"role": "user", "content": "Write the word 'river' in capital letters."},
+        {"role": "assistant", "content": "RIVER"},
+    ],
+    [
+        {"role": "user", "content": "Write the word 'river' in capital letters."},
+        {"role": "assistant", "content": "river"},
+    ],
     [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "3 + 4 = 7"}],
     [
         {"role": "system", "content": "Be brief."},
@@ -115,6 +130,7 @@ CONVERSATIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
 def test_export_reloads_with_transformers_alone_and_scores_the_same(trained, tmp_path, name):
     config, checkpoint = trained[name]
@@ -146,6 +162,7 @@ def test_export_reloads_with_transformers_alone_and_scores_the_same(trained, tmp
     assert scorer(text)[0]["score"] == pytest.approx(reference[0].item(), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_llama_export_adds_a_dedicated_pad_token_when_pad_is_eos(trained, tmp_path):
     config, checkpoint = trained["llama"]
     assert build(load_config(str(config)).train_dataloader.dataset.tokenizer).pad_token == "<|im_end|>"
@@ -158,6 +175,7 @@ def test_llama_export_adds_a_dedicated_pad_token_when_pad_is_eos(trained, tmp_pa
     assert model.dtype == torch.bfloat16  # the default export precision, verified with its tolerance
 
 
+@pytest.mark.slow
 def test_refuses_checkpoint_without_value_head(trained, tmp_path):
     config, checkpoint = trained["qwen2"]
     state = torch.load(checkpoint, weights_only=False)
@@ -170,16 +188,20 @@ def test_refuses_checkpoint_without_value_head(trained, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_refuses_checkpoint_of_another_model(trained, tmp_path):
     llama_config, _ = trained["llama"]
     _, qwen_checkpoint = trained["qwen2"]
-    result = rmtrain("convert", "pth_to_hf", str(llama_config), str(qwen_checkpoint), str(tmp_path / "out"), cwd=llama_config.parent)
+    result = rmtrain(
+        "convert", "pth_to_hf", str(llama_config), str(qwen_checkpoint), str(tmp_path / "out"), cwd=llama_config.parent
+    )
     assert result.returncode == 2
     assert "does not fit this config's model" in result.stderr
     assert "unexpected" in result.stderr and "self_attn.q_proj.bias" in result.stderr  # Qwen2 has qkv biases
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_refuses_non_empty_save_dir_unless_overwrite(trained, tmp_path):
     config, checkpoint = trained["qwen2"]
     out = tmp_path / "out"

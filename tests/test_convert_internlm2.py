@@ -6,14 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.builder import build
+from rmtrain.config import load_config
 from rmtrain.data import build_demo_preference_data, build_demo_tokenizer
-from rmtrain.engine.config import load_config
 from rmtrain.model.internlm2 import InternLM2Config, InternLM2ForCausalLM
 from rmtrain.scoring import encode_conversation, pad_sequences
+
+pytestmark = pytest.mark.slow  # trains in a subprocess
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 4 + 4?"}, {"role": "assistant", "content": "4 + 4 = 8"}],
@@ -29,6 +33,7 @@ CONVERSATIONS = [
 LOAD_WITHOUT_RMTRAIN = """
 import json, sys
 from transformers import AutoModel, AutoTokenizer
+
 model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
 chats = json.loads(sys.argv[2])
@@ -42,8 +47,13 @@ print(json.dumps({"class": type(model).__name__, "scores": scores, "rank": best,
 def make_internlm2_folder(folder: Path) -> None:
     """A tiny checkpoint laid out like the published internlm2-chat-1_8b-sft folder."""
     config = InternLM2Config(
-        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
     torch.manual_seed(0)
     InternLM2ForCausalLM(config).save_pretrained(folder)
@@ -63,11 +73,16 @@ def make_ultrafeedback_folder(folder: Path) -> None:
     with open(folder / "train.jsonl", "w") as out:
         for record in build_demo_preference_data(num_pairs=64, seed=3):
             prompt_text = record["prompt"][-1]["content"]
-            out.write(json.dumps({
-                "prompt": prompt_text,
-                "chosen": record["prompt"] + record["chosen"],
-                "rejected": record["prompt"] + record["rejected"],
-            }) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "prompt": prompt_text,
+                        "chosen": record["prompt"] + record["chosen"],
+                        "rejected": record["prompt"] + record["rejected"],
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_internlm2_recipe_trains_on_a_local_folder_and_exports_a_reward_model(tmp_path):
@@ -85,7 +100,9 @@ def test_internlm2_recipe_trains_on_a_local_folder_and_exports_a_reward_model(tm
     reward_model = build(cfg.model)
     assert type(reward_model.model).__name__ == "InternLM2Model"
 
-    run = lambda *args: subprocess.run([sys.executable, "-m", "rmtrain.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    def run(*args):
+        return run_rmtrain(*args, cwd=tmp_path, check=False)
+
     result = run("train", str(config), "--work-dir", str(tmp_path / "work"))
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "work" / "iter_8.pth"
@@ -103,14 +120,19 @@ def test_internlm2_recipe_trains_on_a_local_folder_and_exports_a_reward_model(tm
     reward_model.load_state_dict(torch.load(checkpoint, weights_only=False)["state_dict"])
     reward_model.eval()
     tokenizer = build(cfg.train_dataloader.dataset.tokenizer)
-    ids = [encode_conversation(tokenizer, c[:-1], c[-1:], 512, 3, tokenizer.chat_template).input_ids for c in CONVERSATIONS]
+    ids = [
+        encode_conversation(tokenizer, c[:-1], c[-1:], 512, 3, tokenizer.chat_template).input_ids for c in CONVERSATIONS
+    ]
     with torch.no_grad():
         reference = reward_model.score(dict(zip(("input_ids", "attention_mask"), pad_sequences(ids, 0)))).tolist()
 
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     loaded = subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_RMTRAIN, str(out), json.dumps(CONVERSATIONS)],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     report = json.loads(loaded.stdout.strip().splitlines()[-1])

@@ -16,8 +16,8 @@ import torch
 from recipe_variants import recipe_variant
 from rmtrain import cli
 from rmtrain.builder import build
+from rmtrain.config import load_config
 from rmtrain.data import build_demo_preference_data, build_demo_tokenizer
-from rmtrain.engine.config import load_config
 from rmtrain.errors import ConfigError, DataError, EvaluationError, RmtrainError
 from rmtrain.evaluation import RewardMetric, evaluate_reward_model, preference_metrics
 from rmtrain.evaluation.report import summary_path
@@ -164,7 +164,10 @@ def test_eval_of_folder_and_checkpoint_agree_and_report_per_category(models, tmp
 def test_eval_scores_do_not_depend_on_batch_size(models, tmp_path):
     for batch_size in (1, 8):
         evaluate_reward_model(
-            str(models["folder"]), str(models["data"]), batch_size=batch_size, out=str(tmp_path / f"b{batch_size}.jsonl")
+            str(models["folder"]),
+            str(models["data"]),
+            batch_size=batch_size,
+            out=str(tmp_path / f"b{batch_size}.jsonl"),
         )
     one, eight = _rows(tmp_path / "b1.jsonl"), _rows(tmp_path / "b8.jsonl")
     for a, b in zip(one, eight, strict=True):
@@ -191,8 +194,14 @@ def test_eval_of_an_internlm2_reward_folder_reads_trunk_and_v_head(tmp_path):
     from rmtrain.model.internlm2 import InternLM2Config, InternLM2ForRewardModel
 
     config = InternLM2Config(
-        vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, reward_token_id=3,
+        vocab_size=1024,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        reward_token_id=3,
     )
     torch.manual_seed(0)
     model = InternLM2ForRewardModel(config).float().eval()
@@ -215,8 +224,16 @@ def test_eval_refuses_a_folder_without_a_score_head(tmp_path, capsys):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path / "causal_lm"
-    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(folder)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1024,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(folder)
     data = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
     code = cli.main(["eval", str(folder), str(data)])
     err = capsys.readouterr().err
@@ -254,11 +271,17 @@ def test_eval_refuses_empty_data_and_a_checkpoint_without_config(models, tmp_pat
 def test_eval_reads_compressed_parquet_and_csv_files(models, tmp_path, suffix):
     import datasets
 
-    records = [{"prompt": f"Say {word}.", "chosen": f"{word}!", "rejected": "No.", "subset": "s"} for word in ("hi", "yes")]
+    records = [
+        {"prompt": f"Say {word}.", "chosen": f"{word}!", "rejected": "No.", "subset": "s"} for word in ("hi", "yes")
+    ]
     path = tmp_path / f"pairs{suffix}"
     table = datasets.Dataset.from_list(records)
-    {".jsonl.gz": lambda: table.to_json(str(path), compression="gzip"), ".parquet": lambda: table.to_parquet(str(path)),
-     ".csv": lambda: table.to_csv(str(path), index=False)}[suffix]()
+    {
+        ".jsonl.gz": lambda: table.to_json(str(path), compression="gzip"),
+        ".parquet": lambda: table.to_parquet(str(path)),
+        ".csv": lambda: table.to_csv(str(path), index=False),
+    }[suffix]()
     summary = evaluate_reward_model(str(models["folder"]), str(path), map_fn="string_preference_map_fn")
-    assert summary["pairs"] == 2 and summary["subsets"] == {"s": {"pairs": 2, "correct": summary["correct"],
-                                                                  "accuracy": summary["accuracy"]}}
+    assert summary["pairs"] == 2 and summary["subsets"] == {
+        "s": {"pairs": 2, "correct": summary["correct"], "accuracy": summary["accuracy"]}
+    }

@@ -2,13 +2,11 @@
 export it, and evaluate it on others with `rmtrain eval`."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -16,18 +14,17 @@ ULTRAFEEDBACK_EVAL = DATA / "ultrafeedback-binarized-sample" / "eval_clean.jsonl
 HH_HELPFUL = DATA / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
 LLAMAFACTORY = DATA / "llamafactory-demo" / "dpo_en_demo.json.gz"
 
-pytestmark = pytest.mark.skipif(
-    not ULTRAFEEDBACK_EVAL.is_file(), reason=f"the real data folder {DATA} is not here (CI and the dev machine have it)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not ULTRAFEEDBACK_EVAL.is_file(),
+        reason=f"the real data folder {DATA} is not here (CI and the dev machine have it)",
+    ),
+]
 
 
 def rmtrain(*args, cwd):
-    result = subprocess.run(
-        [sys.executable, "-m", "rmtrain.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
+    return run_rmtrain(*args, cwd=cwd, pythonpath=Path(__file__).parent)
 
 
 @pytest.fixture(scope="module")
@@ -83,5 +80,7 @@ def test_eval_on_hh_rlhf_reports_every_readable_pair(trained_on_ultrafeedback):
 
 def test_eval_reads_the_sharegpt_preference_format(trained_on_ultrafeedback):
     folder, _ = trained_on_ultrafeedback
-    result = rmtrain("eval", str(folder / "hf"), str(LLAMAFACTORY), "--map-fn", "sharegpt_preference_map_fn", cwd=folder)
+    result = rmtrain(
+        "eval", str(folder / "hf"), str(LLAMAFACTORY), "--map-fn", "sharegpt_preference_map_fn", cwd=folder
+    )
     assert "300 pairs" in result.stdout

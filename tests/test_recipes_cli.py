@@ -1,4 +1,4 @@
-"""Tests for rmtrain.recipes, the `rmtrain` command line (list-cfg, copy-cfg, errors) and rmtrain.engine.config."""
+"""Tests for rmtrain.recipes, the `rmtrain` command line (list-cfg, copy-cfg, errors) and rmtrain.config."""
 
 import filecmp
 import subprocess
@@ -161,7 +161,7 @@ def test_list_cfg_imports_no_heavy_modules():
     assert lines[-1] == "[]"
 
 
-# --- engine.config -----------------------------------------------------------------------------
+# --- config ------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def no_downloads(monkeypatch):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_load_every_shipped_config(name, no_downloads):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     cfg = load_config(name)
     for key in ("model", "train_dataloader", "optim_wrapper", "train_cfg"):
@@ -202,7 +202,7 @@ def test_load_every_shipped_config(name, no_downloads):
 
 @pytest.mark.parametrize("name", [name for name in SHIPPED if name not in OFFLINE])
 def test_hub_configs_refer_to_unbuilt_from_pretrained(name, no_downloads):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     cfg = load_config(name)
     # the config holds the (patched) entry points themselves, and never called them
@@ -221,7 +221,7 @@ def test_hub_configs_refer_to_unbuilt_from_pretrained(name, no_downloads):
     ],
 )
 def test_unknown_cfg_option_key_hint(key, hint):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     with pytest.raises(ConfigError) as info:
         load_config(TINY, {key: 1})
@@ -231,7 +231,7 @@ def test_unknown_cfg_option_key_hint(key, hint):
 
 
 def test_unknown_cfg_option_without_near_miss():
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     with pytest.raises(ConfigError) as info:
         load_config(TINY, {"zzzzzz": 1})
@@ -240,7 +240,7 @@ def test_unknown_cfg_option_without_near_miss():
 
 
 def test_known_cfg_options_applied():
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     cfg = load_config(
         TINY,
@@ -252,10 +252,13 @@ def test_known_cfg_options_applied():
     assert load_config(TINY).train_dataloader.batch_size == 16  # the file is untouched
 
 
-def test_cfg_option_reward_token_mismatch():
-    from rmtrain.engine.config import load_config
+def test_cfg_option_reward_token_is_set_in_the_data_set():
+    from rmtrain.config import load_config
 
-    with pytest.raises(ConfigError, match="differs"):
+    # The model takes the reward token from the data set, so one override changes both.
+    assert load_config(TINY, {"train_dataloader.dataset.reward_token_id": 4}).model.reward_token_id == 4
+    # An override of the model's copy names the key to set instead.
+    with pytest.raises(ConfigError, match="train_dataloader.dataset.reward_token_id"):
         load_config(TINY, {"model.reward_token_id": 4})
 
 
@@ -268,10 +271,10 @@ def _edited_tiny_config(tmp_path, old, new, count=1):
 
 
 def test_reward_token_mismatch_in_file(tmp_path):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
-    # the first occurrence is in the model dict, the second in the dataset dict
-    path = _edited_tiny_config(tmp_path, "    reward_token_id=reward_token_id,", "    reward_token_id=4,")
+    # a model dict that repeats the data set's reward token (as XTuner's configs do) with another value
+    path = _edited_tiny_config(tmp_path, "    loss_type=loss_type,", "    reward_token_id=4,\n    loss_type=loss_type,")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     message = str(info.value)
@@ -281,14 +284,14 @@ def test_reward_token_mismatch_in_file(tmp_path):
 
 
 def test_edited_copy_loads(tmp_path):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     path = _edited_tiny_config(tmp_path, "batch_size = 16", "batch_size = 2")
     assert load_config(str(path)).train_dataloader.batch_size == 2
 
 
 def test_dpo_dataset_config_rejected(tmp_path):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     path = _edited_tiny_config(tmp_path, "is_dpo=False", "is_dpo=True")
     with pytest.raises(ConfigError, match="is_dpo=False"):
@@ -296,7 +299,7 @@ def test_dpo_dataset_config_rejected(tmp_path):
 
 
 def test_bad_batch_size_rejected(tmp_path):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     path = _edited_tiny_config(tmp_path, "batch_size = 16", "batch_size = 0")
     with pytest.raises(ConfigError, match="batch_size"):
@@ -304,7 +307,7 @@ def test_bad_batch_size_rejected(tmp_path):
 
 
 def test_missing_required_key(tmp_path):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     path = tmp_path / "partial.py"
     path.write_text("model = dict(type='x')\n")
@@ -313,7 +316,7 @@ def test_missing_required_key(tmp_path):
 
 
 def test_broken_config_file(tmp_path):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     path = tmp_path / "broken.py"
     path.write_text("model = dict(\n")

@@ -14,8 +14,16 @@ from typing import Any
 
 import datasets
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
+from rmtrain.data.bpe import (
+    CHAT_PAD_TOKEN_ID,
+    CHAT_REWARD_TOKEN_ID,
+    CHAT_SPECIAL_TOKENS,
+    CHATML_TEMPLATE,
+    chat_tokenizer,
+    train_byte_level_bpe,
+)
 from rmtrain.errors import ConfigError
 
 __all__ = [
@@ -31,24 +39,12 @@ __all__ = [
 
 DEMO_CATEGORIES: tuple[str, ...] = ("uppercase", "arithmetic", "one_word", "format", "politeness")
 
-# Order fixes the ids: the trainer assigns special tokens ids 0.. in list order.
-DEMO_SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|pad|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|reward|>",
-    "<|endoftext|>",
-)
-DEMO_PAD_TOKEN_ID = 0
-DEMO_REWARD_TOKEN_ID = 3
+# The tokenizer's special tokens and template (rmtrain.data.bpe): ids 0 pad, 1 <|im_start|>, 2 <|im_end|>, 3 reward.
+DEMO_SPECIAL_TOKENS = CHAT_SPECIAL_TOKENS
+DEMO_PAD_TOKEN_ID = CHAT_PAD_TOKEN_ID
+DEMO_REWARD_TOKEN_ID = CHAT_REWARD_TOKEN_ID
 DEMO_VOCAB_SIZE = 1024
-
-DEMO_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+DEMO_CHAT_TEMPLATE = CHATML_TEMPLATE
 
 # Seed and size of the corpus the tokenizer is trained on; fixed so the vocab never changes.
 _TOKENIZER_CORPUS_PAIRS = 4000
@@ -59,9 +55,30 @@ _ROLES = ("system", "user", "assistant")
 # Word lists (small and fixed, so a tiny model sees every word many times).
 
 _WORDS = (
-    "river", "stone", "apple", "cloud", "garden", "window", "forest", "candle", "bridge",
-    "tiger", "mountain", "pencil", "ocean", "rabbit", "castle", "letter", "silver", "winter",
-    "summer", "island", "honey", "marble", "rocket", "violin",
+    "river",
+    "stone",
+    "apple",
+    "cloud",
+    "garden",
+    "window",
+    "forest",
+    "candle",
+    "bridge",
+    "tiger",
+    "mountain",
+    "pencil",
+    "ocean",
+    "rabbit",
+    "castle",
+    "letter",
+    "silver",
+    "winter",
+    "summer",
+    "island",
+    "honey",
+    "marble",
+    "rocket",
+    "violin",
 )
 
 # kind (plural, for prose) -> members
@@ -91,9 +108,18 @@ _SYSTEM_PROMPTS = (
 _SYSTEM_PROBABILITY = 0.25
 
 _TASKS = (
-    "plan a picnic", "fix a bike", "write a birthday card", "learn to cook rice",
-    "water the plants", "pack for a trip", "clean a desk", "choose a book", "train a puppy",
-    "start running", "bake bread", "paint a fence",
+    "plan a picnic",
+    "fix a bike",
+    "write a birthday card",
+    "learn to cook rice",
+    "water the plants",
+    "pack for a trip",
+    "clean a desk",
+    "choose a book",
+    "train a puppy",
+    "start running",
+    "bake bread",
+    "paint a fence",
 )
 
 
@@ -107,11 +133,13 @@ def _pick_distinct(rng: random.Random, pool: tuple[str, ...], k: int) -> list[st
 
 def _gen_uppercase(rng: random.Random) -> tuple[str, str, str]:
     word = rng.choice(_WORDS)
-    prompt = rng.choice((
-        "Write the word '{w}' in capital letters.",
-        "Spell '{w}' using only uppercase letters.",
-        "Convert '{w}' to upper case.",
-    )).format(w=word)
+    prompt = rng.choice(
+        (
+            "Write the word '{w}' in capital letters.",
+            "Spell '{w}' using only uppercase letters.",
+            "Convert '{w}' to upper case.",
+        )
+    ).format(w=word)
     chosen = word.upper()
     roll = rng.random()
     if roll < 0.6:
@@ -130,25 +158,29 @@ def _gen_arithmetic(rng: random.Random) -> tuple[str, str, str]:
         a, b = b, a  # keep results non-negative
     result = a + b if op == "+" else a - b
     wrong = result + rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if result + d >= 0])
-    prompt = rng.choice(("What is {a} {op} {b}?", "Compute {a} {op} {b}.",
-                         "Calculate {a} {op} {b}.")).format(a=a, op=op, b=b)
+    prompt = rng.choice(("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.")).format(
+        a=a, op=op, b=b
+    )
     return prompt, f"{a} {op} {b} = {result}", f"{a} {op} {b} = {wrong}"
 
 
 def _gen_one_word(rng: random.Random) -> tuple[str, str, str]:
     kind = rng.choice(list(_ONE_WORD_QUESTIONS))
-    prompt = rng.choice(("Answer in one word: {q}.", "In a single word, {q}.",
-                         "One word only: {q}.")).format(q=_ONE_WORD_QUESTIONS[kind])
+    prompt = rng.choice(("Answer in one word: {q}.", "In a single word, {q}.", "One word only: {q}.")).format(
+        q=_ONE_WORD_QUESTIONS[kind]
+    )
     first, second = _pick_distinct(rng, _KINDS[kind], 2)
     chosen = first.capitalize() if rng.random() < 0.5 else first
-    rejected = rng.choice((
-        "Well, there are many {k} to choose from, and I think {a} is a good one, "
-        "but {b} is also nice, so it is really hard to say.",
-        "That is a great question! Let me think about all the {k} I know. "
-        "Maybe {a}, or perhaps {b}, it depends on how you look at it.",
-        "I could name lots of {k}, for example {a}, but honestly {b} comes to mind "
-        "first and I am not sure which one you would like best.",
-    )).format(k=kind, a=first, b=second)
+    rejected = rng.choice(
+        (
+            "Well, there are many {k} to choose from, and I think {a} is a good one, "
+            "but {b} is also nice, so it is really hard to say.",
+            "That is a great question! Let me think about all the {k} I know. "
+            "Maybe {a}, or perhaps {b}, it depends on how you look at it.",
+            "I could name lots of {k}, for example {a}, but honestly {b} comes to mind "
+            "first and I am not sure which one you would like best.",
+        )
+    ).format(k=kind, a=first, b=second)
     return prompt, chosen, rejected
 
 
@@ -173,28 +205,33 @@ def _gen_format(rng: random.Random) -> tuple[str, str, str]:
     if rng.random() < 0.25:  # a list, but in the wrong format: needs the prompt to judge
         rejected = wrong_style
     else:  # prose that ignores the format altogether
-        rejected = rng.choice((
-            "Some {k} I like are {a} and {b}.",
-            "There are lots of {k}, for example {a}.",
-            "I would say {a} and maybe {b} too.",
-        )).format(k=kind, a=items[0], b=items[1])
+        rejected = rng.choice(
+            (
+                "Some {k} I like are {a} and {b}.",
+                "There are lots of {k}, for example {a}.",
+                "I would say {a} and maybe {b} too.",
+            )
+        ).format(k=kind, a=items[0], b=items[1])
     return prompt, chosen, rejected
 
 
 def _gen_politeness(rng: random.Random) -> tuple[str, str, str]:
     task = rng.choice(_TASKS)
-    prompt = rng.choice(("Can you help me {t}?", "Please help me {t}.",
-                         "I need help to {t}.")).format(t=task)
-    chosen = rng.choice((
-        "Of course! I would be happy to help you {t}. Let us start with the first step.",
-        "Sure, glad to help you {t}. Here is a simple plan to get started.",
-        "Certainly! Thank you for asking. We can {t} together, one step at a time.",
-    )).format(t=task)
-    rejected = rng.choice((
-        "No. Figure it out yourself.",
-        "That is a boring request. Why should I care if you {t}?",
-        "Ugh, {t} on your own. Stop asking me.",
-    )).format(t=task)
+    prompt = rng.choice(("Can you help me {t}?", "Please help me {t}.", "I need help to {t}.")).format(t=task)
+    chosen = rng.choice(
+        (
+            "Of course! I would be happy to help you {t}. Let us start with the first step.",
+            "Sure, glad to help you {t}. Here is a simple plan to get started.",
+            "Certainly! Thank you for asking. We can {t} together, one step at a time.",
+        )
+    ).format(t=task)
+    rejected = rng.choice(
+        (
+            "No. Figure it out yourself.",
+            "That is a boring request. Why should I care if you {t}?",
+            "Ugh, {t} on your own. Stop asking me.",
+        )
+    ).format(t=task)
     return prompt, chosen, rejected
 
 
@@ -224,12 +261,14 @@ def _generate_records(num_pairs: int, seed: int) -> list[dict[str, Any]]:
         if rng.random() < _SYSTEM_PROBABILITY:
             prompt.append({"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
         prompt.append({"role": "user", "content": user})
-        records.append({
-            "prompt": prompt,
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-            "category": category,
-        })
+        records.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "category": category,
+            }
+        )
     return records
 
 
@@ -262,25 +301,6 @@ def _tokenizer_corpus() -> list[str]:
     return texts
 
 
-def train_byte_level_bpe(texts, vocab_size: int) -> Tokenizer:
-    """A byte-level BPE trained on `texts`, with the demo's special tokens at ids 0, 1, 2, ..."""
-    tokenizer = Tokenizer(models.BPE())
-    # Byte level: every string is encodable and decodes back exactly, no unknown token needed.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=list(DEMO_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    for token_id, token in enumerate(DEMO_SPECIAL_TOKENS):
-        assert tokenizer.token_to_id(token) == token_id, (token, tokenizer.token_to_id(token))
-    return tokenizer
-
-
 def build_demo_tokenizer(vocab_size: int = DEMO_VOCAB_SIZE) -> transformers.PreTrainedTokenizerFast:
     """A small byte-level BPE with a ChatML template, trained in code on the demo data.
 
@@ -292,21 +312,3 @@ def build_demo_tokenizer(vocab_size: int = DEMO_VOCAB_SIZE) -> transformers.PreT
     if vocab_size not in _TOKENIZER_CACHE:
         _TOKENIZER_CACHE[vocab_size] = train_byte_level_bpe(_tokenizer_corpus(), vocab_size).to_str()
     return chat_tokenizer(Tokenizer.from_str(_TOKENIZER_CACHE[vocab_size]))
-
-
-def chat_tokenizer(tokenizer: Tokenizer, model_max_length: int = 2048) -> transformers.PreTrainedTokenizerFast:
-    """A transformers tokenizer around a `train_byte_level_bpe` result: pad, eos, reward token, ChatML template."""
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<|pad|>",
-        eos_token="<|im_end|>",
-        bos_token=None,
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>", "<|reward|>", "<|endoftext|>"],
-        padding_side="right",
-        truncation_side="right",
-        clean_up_tokenization_spaces=False,
-        model_max_length=model_max_length,
-    )
-    tokenizer.chat_template = DEMO_CHAT_TEMPLATE
-    return tokenizer

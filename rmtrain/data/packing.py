@@ -20,19 +20,12 @@ from rmtrain.errors import ConfigError
 
 def pair_lengths(dataset) -> list[tuple[int, int]]:
     """(chosen tokens, rejected tokens) of every pair of a PreferenceDataset."""
-    return [
-        (len(c), len(r))
-        for c, r in zip(dataset.pairs["chosen_ids"], dataset.pairs["rejected_ids"])
-    ]
+    return [(len(c), len(r)) for c, r in zip(dataset.pairs["chosen_ids"], dataset.pairs["rejected_ids"])]
 
 
-def pack_pairs(
-    lengths: list[tuple[int, int]], max_packed_length: int, seed: int
-) -> list[list[int]]:
+def pack_pairs(lengths: list[tuple[int, int]], max_packed_length: int, seed: int) -> list[list[int]]:
     """Pair indices -> bins of at most `max_packed_length` tokens; deterministic for a seed, nothing dropped."""
-    order = torch.randperm(
-        len(lengths), generator=torch.Generator().manual_seed(seed)
-    ).tolist()
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
     bins, current, current_tokens = [], [], 0
     for index in order:
         tokens = sum(lengths[index])
@@ -60,9 +53,7 @@ class PackedPreferenceDataset:
         self.max_packed_length = max_packed_length
         self.seed = seed
         self.bins = pack_pairs(pair_lengths(pairs), max_packed_length, seed)
-        self.summary = dict(
-            pairs.summary, bins=len(self.bins), max_packed_length=max_packed_length
-        )
+        self.summary = dict(pairs.summary, bins=len(self.bins), max_packed_length=max_packed_length)
 
     def __len__(self) -> int:
         return len(self.bins)
@@ -71,9 +62,7 @@ class PackedPreferenceDataset:
         return [self.pairs[i] for i in self.bins[index]]
 
     def in_memory(self) -> "PackedPreferenceDataset":
-        return PackedPreferenceDataset(
-            self.pairs.in_memory(), self.max_packed_length, self.seed
-        )
+        return PackedPreferenceDataset(self.pairs.in_memory(), self.max_packed_length, self.seed)
 
     def __deepcopy__(self, memo):
         return self  # built once, never changed (see PreferenceDataset)
@@ -127,9 +116,7 @@ class LengthGroupedSampler:
         self.total = math.ceil(n / global_batch) * global_batch
         if self.rank == 0:
             grouped = padded_fraction(self.lengths, self._global_batches())
-            random_order = padded_fraction(
-                self.lengths, self._global_batches(group=False)
-            )
+            random_order = padded_fraction(self.lengths, self._global_batches(group=False))
             print_log(
                 f"length-grouped batches: {grouped:.1%} of padded token slots are padding "
                 f"(random batches: {random_order:.1%})",
@@ -140,14 +127,8 @@ class LengthGroupedSampler:
     def _global_batches(self, group: bool = True) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         n = len(self.lengths)
-        order = (
-            torch.randperm(n, generator=generator).tolist()
-            if self.shuffle
-            else list(range(n))
-        )
-        order = (order * math.ceil(self.total / n))[
-            : self.total
-        ]  # round up by repeating the first pairs
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+        order = (order * math.ceil(self.total / n))[: self.total]  # round up by repeating the first pairs
         global_batch = self.batch_size * self.world_size
         chunk = global_batch * self.group_batches if group else global_batch
         batches = []
@@ -155,21 +136,14 @@ class LengthGroupedSampler:
             part = order[start : start + chunk]
             if group:
                 part = sorted(part, key=lambda i: max(self.lengths[i]), reverse=True)
-            batches += [
-                part[k : k + global_batch] for k in range(0, len(part), global_batch)
-            ]
+            batches += [part[k : k + global_batch] for k in range(0, len(part), global_batch)]
         if self.shuffle and group:
-            batches = [
-                batches[i]
-                for i in torch.randperm(len(batches), generator=generator).tolist()
-            ]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches
 
     def __iter__(self):
         for batch in self._global_batches():
-            yield from batch[
-                self.rank * self.batch_size : (self.rank + 1) * self.batch_size
-            ]
+            yield from batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def __len__(self) -> int:
         return self.total // self.world_size

@@ -22,6 +22,7 @@ from rmtrain.scoring import (
     check_reward_token,
     encode_conversation,
     resolve_chat_template,
+    reward_token_or_none,
 )
 
 
@@ -53,9 +54,19 @@ class _MapRecord:
         except DataError as error:
             if not self.skip_bad_records:
                 raise DataError(
-                    error.source, error.index, error.field, f"{error.message} (skip_bad_records=True drops such records)"
+                    error.source,
+                    error.index,
+                    error.field,
+                    f"{error.message} (skip_bad_records=True drops such records)",
                 ) from None
-            return {"prompt": [], "chosen": [], "rejected": [], "margin": None, "record_index": index, "error": str(error)}
+            return {
+                "prompt": [],
+                "chosen": [],
+                "rejected": [],
+                "margin": None,
+                "record_index": index,
+                "error": str(error),
+            }
         margin = checked.get("margin")
         return {
             "prompt": checked["prompt"],
@@ -139,7 +150,9 @@ def _keep_part(records: datasets.Dataset, val_split, split_seed: int, split: str
     if not val_split:
         return records, None, None
     indices = split_record_indices(len(records), val_split, split_seed)[split]
-    description = f"{split} part: {len(indices)} of {len(records)} records, val_split={val_split}, split_seed={split_seed}"
+    description = (
+        f"{split} part: {len(indices)} of {len(records)} records, val_split={val_split}, split_seed={split_seed}"
+    )
     return records.select(indices), indices, description
 
 
@@ -150,7 +163,7 @@ def build_preference_dataset(
     dataset_map_fn=None,
     is_dpo: bool = True,
     is_reward: bool = False,
-    reward_token_id: int = -1,
+    reward_token_id: int | None = None,
     num_proc: int | None = None,
     use_varlen_attn: bool = False,
     max_packed_length: int = 16384,
@@ -186,6 +199,7 @@ def build_preference_dataset(
     if split == "val" and not val_split:
         raise ConfigError("split='val' needs val_split: the share (0 < val_split < 1) or count of records to hold out")
 
+    reward_token_id = reward_token_or_none(reward_token_id)  # XTuner configs write -1 for none
     tokenizer = build(tokenizer)
     check_reward_token(tokenizer, reward_token_id)
     template = resolve_chat_template(tokenizer, chat_template)

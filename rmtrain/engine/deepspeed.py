@@ -15,7 +15,6 @@ one file (the rmtrain config) decides how the model trains.
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from rmtrain.errors import ConfigError
@@ -110,7 +109,7 @@ def deepspeed_config(name_or_path: str, cfg, world_size: int) -> dict:
         _settle(config, "train_batch_size", micro_batch * accumulation * world_size)
     left = _auto_left(config)
     if left:
-        raise ConfigError(f"--deepspeed {name_or_path}: rmtrain cannot fill in \"auto\" for {', '.join(left)}")
+        raise ConfigError(f'--deepspeed {name_or_path}: rmtrain cannot fill in "auto" for {", ".join(left)}')
     return config
 
 
@@ -119,9 +118,9 @@ def deepspeed_runner_kwargs(name_or_path: str, cfg, world_size: int) -> dict:
     from mmengine._strategy import DeepSpeedStrategy
     from mmengine._strategy.deepspeed import DeepSpeedOptimWrapper
 
-    from rmtrain.engine.compat import patch_mmengine_deepspeed_strategy, quiet_deepspeed_collective_warnings
+    from rmtrain.compat import prepare_mmengine_deepspeed_strategy, quiet_deepspeed_collective_warnings
 
-    patch_mmengine_deepspeed_strategy()
+    prepare_mmengine_deepspeed_strategy()
     quiet_deepspeed_collective_warnings()
     optim_wrapper = dict(type=DeepSpeedOptimWrapper, optimizer=cfg.optim_wrapper.optimizer)
     for key in ("paramwise_cfg", "constructor"):  # how parameter groups are built still applies
@@ -131,35 +130,3 @@ def deepspeed_runner_kwargs(name_or_path: str, cfg, world_size: int) -> dict:
         strategy=dict(type=DeepSpeedStrategy, config=deepspeed_config(name_or_path, cfg, world_size)),
         optim_wrapper=optim_wrapper,
     )
-
-
-def _model_states_files(path: str) -> list[Path]:
-    """mp_rank_00_model_states.pt (ZeRO-1/2) or zero_pp_rank_<r>_mp_rank_00_model_states.pt (ZeRO-3)."""
-    folder = Path(path)
-    return sorted(folder.glob("*model_states.pt")) if folder.is_dir() else []
-
-
-def is_deepspeed_checkpoint(path: str) -> bool:
-    """The iter_N.pth/ folder that DeepSpeed's save_checkpoint writes (through mmengine's FlexibleRunner)."""
-    return bool(_model_states_files(path))
-
-
-def deepspeed_checkpoint_meta(path: str) -> dict:
-    """mmengine's `meta` (iter, seed, ...), which FlexibleRunner hands DeepSpeed as client state."""
-    import torch
-
-    # Written by rmtrain's own DeepSpeed run: it holds mmengine objects, so it is not a weights-only file.
-    states = torch.load(_model_states_files(path)[0], map_location="cpu", weights_only=False)
-    return states.get("meta", {})
-
-
-def deepspeed_model_state_dict(path: str) -> dict:
-    """The model's full fp32 state dict, gathered from the optimizer partitions of every rank (any ZeRO stage).
-
-    Those are DeepSpeed's fp32 master weights: exact also for bf16 runs, whose module weights are bf16,
-    and for ZeRO-3, whose module file holds only this rank's slice.
-    """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    folder = os.path.normpath(path)
-    return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder) or ".", tag=os.path.basename(folder))

@@ -83,7 +83,9 @@ def slurm_environment() -> dict:
         "WORLD_SIZE": os.environ["SLURM_NTASKS"],
         "LOCAL_RANK": os.environ["SLURM_LOCALID"],
         # SLURM_TASKS_PER_NODE reads like "8(x2)" or "2,1": this node's share is close enough to the first.
-        "LOCAL_WORLD_SIZE": os.environ.get("SLURM_TASKS_PER_NODE", os.environ["SLURM_NTASKS"]).split(",")[0].split("(")[0],
+        "LOCAL_WORLD_SIZE": os.environ.get("SLURM_TASKS_PER_NODE", os.environ["SLURM_NTASKS"])
+        .split(",")[0]
+        .split("(")[0],
         "MASTER_ADDR": os.environ.get("MASTER_ADDR") or first_slurm_host(os.environ["SLURM_NODELIST"]),
         # The same port in every task of the job, different between jobs sharing a node.
         "MASTER_PORT": os.environ.get("MASTER_PORT") or os.environ.get("PORT") or str(20000 + job_id % 10000),

@@ -16,13 +16,10 @@ from mmengine.logging import print_log
 from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 
 from rmtrain.builder import build
-from rmtrain.engine.compat import (
-    CheckpointIterFlexibleRunner,
-    allow_trusted_checkpoint_loading,
-    load_checkpoint_file,
-)
-from rmtrain.engine.config import load_config
-from rmtrain.engine.deepspeed import deepspeed_checkpoint_meta, deepspeed_runner_kwargs, is_deepspeed_checkpoint
+from rmtrain.checkpoints import checkpoint_seed, find_resume_checkpoint, is_deepspeed_checkpoint, trust_for_resume
+from rmtrain.compat import ddp_wrapper_config, flexible_runner_class
+from rmtrain.config import load_config
+from rmtrain.engine.deepspeed import deepspeed_runner_kwargs
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
@@ -46,27 +43,6 @@ def _single_process_group_environment() -> None:
 
 def default_work_dir(config_path: str) -> str:
     return os.path.join("work_dirs", Path(config_path).stem)
-
-
-def _is_checkpoint(path: str) -> bool:
-    """An iter_N.pth file, or the iter_N.pth/ folder that a DeepSpeed run writes."""
-    return os.path.isfile(path) or is_deepspeed_checkpoint(path)
-
-
-def find_resume_checkpoint(resume: str | None, work_dir: str) -> str | None:
-    """--resume auto -> the work dir's last complete checkpoint (None if there is none); PATH -> PATH."""
-    if resume is None:
-        return None
-    if resume != "auto":
-        if not _is_checkpoint(resume):
-            raise ConfigError(f"--resume {resume}: no such checkpoint file (or DeepSpeed checkpoint folder)")
-        return resume
-    pointer = os.path.join(work_dir, "last_checkpoint")
-    if not os.path.isfile(pointer):
-        return None
-    # mmengine writes this pointer only after a checkpoint is completely saved.
-    path = Path(pointer).read_text().strip()
-    return path if _is_checkpoint(path) else None
 
 
 def _check_resume_kind(resume_from: str | None, deepspeed: str | None) -> None:
@@ -117,13 +93,6 @@ def _align_checkpoints_to_accumulation(cfg, logger_print, deepspeed: bool) -> No
         )
 
 
-def checkpoint_seed(path: str) -> int | None:
-    if is_deepspeed_checkpoint(path):
-        return deepspeed_checkpoint_meta(path).get("seed")
-    checkpoint = load_checkpoint_file(path, [os.path.dirname(path)])
-    return checkpoint.get("meta", {}).get("seed")
-
-
 def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
     """Runner with the config's optimizer wrapper (DDP in multi-process runs), or FlexibleRunner with DeepSpeed."""
     if deepspeed:
@@ -132,13 +101,9 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
         set_random_seed(**cfg.randomness)
         model = build(cfg.model)
         kwargs = deepspeed_runner_kwargs(deepspeed, cfg, world_size())
-        return CheckpointIterFlexibleRunner, dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
+        return flexible_runner_class(), dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
     if is_distributed():
-        cfg.model_wrapper_cfg = dict(
-            type="MMDistributedDataParallel",
-            # On CPU (gloo) DDP takes no device ids; on GPUs mmengine fills in LOCAL_RANK.
-            **({} if torch.cuda.is_available() else {"device_ids": None}),
-        )
+        cfg.model_wrapper_cfg = ddp_wrapper_config(on_gpu=torch.cuda.is_available())
     # Saves and restores gradients accumulated mid-window (DeepSpeed runs save only at window ends).
     custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook()]
     return Runner, dict(model=cfg.model, optim_wrapper=cfg.optim_wrapper, custom_hooks=custom_hooks)
@@ -165,7 +130,7 @@ def train(
 
     resume_from = find_resume_checkpoint(resume, work_dir)
     _check_resume_kind(resume_from, deepspeed)
-    allow_trusted_checkpoint_loading([work_dir] + ([os.path.dirname(resume_from)] if resume_from else []))
+    trust_for_resume([work_dir] + ([os.path.dirname(resume_from)] if resume_from else []))
     # The sampler's shuffle order comes from the seed: a resumed run must reuse the one it started with.
     randomness = dict(cfg.get("randomness") or {})
     if seed is None and resume_from:

@@ -5,9 +5,9 @@ A config validates when it sets `val_dataloader`, `val_evaluator` and `val_cfg` 
 ValLoop); `train_cfg.val_interval` says how often. Without them training runs as before.
 """
 
-from rmtrain.builder import _resolve_type
+from rmtrain.builder import resolve_type
 from rmtrain.errors import ConfigError
-from rmtrain.evaluation.reward_metric import RewardMetric
+from rmtrain.metrics import RewardMetric
 
 VALIDATION_KEYS = ("val_dataloader", "val_evaluator", "val_cfg")
 
@@ -38,7 +38,7 @@ def _reported_keys(evaluator) -> list[str] | None:
 
 def _metric_class(metric: dict):
     try:
-        return _resolve_type(metric.get("type"))
+        return resolve_type(metric.get("type"))
     except (ValueError, ImportError, AttributeError):  # e.g. a name in mmengine's registry
         return None
 

@@ -1,11 +1,11 @@
-"""Evaluation of reward models: the preference metrics, validation during training, and `rmtrain eval`.
+"""`rmtrain eval`: a reward model's accuracy on a file of preference pairs, overall and per subset.
 
-`RewardMetric` is what configs import (`val_evaluator = dict(type=RewardMetric)`); it and the
-metrics are light. The `rmtrain eval` machinery (models, data files, report) loads on first use.
+`RewardMetric`, `preference_metrics` and `distribution` live in `rmtrain.metrics` (below the
+engine, which validates with them); they are re-exported here because configs import
+`from rmtrain.evaluation import RewardMetric`. The `rmtrain eval` machinery loads on first use.
 """
 
-from rmtrain.evaluation.metrics import distribution, preference_metrics
-from rmtrain.evaluation.reward_metric import RewardMetric
+from rmtrain.metrics import RewardMetric, distribution, preference_metrics
 
 __all__ = ["RewardMetric", "distribution", "evaluate_reward_model", "preference_metrics", "summary_table"]
 

@@ -14,9 +14,9 @@ import torch
 from rmtrain.data.loading import load_records
 from rmtrain.data.preference_dataset import PreferenceDataset, build_preference_dataset
 from rmtrain.errors import ConfigError, DataError, RmtrainError
-from rmtrain.evaluation.metrics import preference_metrics
 from rmtrain.evaluation.models import RewardModelSource, default_device_and_dtype
 from rmtrain.evaluation.report import write_pair_rows, write_summary
+from rmtrain.metrics import preference_metrics
 from rmtrain.progress import progress
 from rmtrain.scoring import pad_sequences, score_sequences
 
@@ -36,7 +36,9 @@ def data_file_config(path: str) -> dict:
         name = name.removesuffix(compression)
     loader = DATA_LOADERS.get(os.path.splitext(name)[1])
     if loader is None:
-        raise ConfigError(f"{path}: give a .jsonl, .json, .parquet or .csv file (optionally compressed, e.g. .jsonl.gz)")
+        raise ConfigError(
+            f"{path}: give a .jsonl, .json, .parquet or .csv file (optionally compressed, e.g. .jsonl.gz)"
+        )
     return {"type": datasets.load_dataset, "path": loader, "data_files": path, "split": "train"}
 
 
@@ -59,7 +61,9 @@ def subset_labels(records: datasets.Dataset, record_indices: list[int]) -> tuple
     return field, ["(none)" if values[i] is None else str(values[i]) for i in record_indices]
 
 
-def score_pairs(trunk, value_head, pairs: PreferenceDataset, batch_size: int, pad_token_id: int, device) -> tuple[list, list]:
+def score_pairs(
+    trunk, value_head, pairs: PreferenceDataset, batch_size: int, pad_token_id: int, device
+) -> tuple[list, list]:
     """(chosen scores, rejected scores) of every pair, in the data set's order.
 
     Each batch holds the chosen and the rejected sides of `batch_size` pairs, right-padded; the
@@ -132,7 +136,7 @@ def evaluate_reward_model(
         dataset_map_fn=map_fn,
         is_dpo=False,
         is_reward=True,
-        reward_token_id=-1 if encoding.reward_token_id is None else encoding.reward_token_id,
+        reward_token_id=encoding.reward_token_id,
         chat_template=chat_template or encoding.chat_template,
         skip_bad_records=skip_bad_records,
     )
@@ -151,7 +155,9 @@ def evaluate_reward_model(
         "max_length": max_length,
         "max_length_from": max_length_from,
         "dropped_records": pairs.summary["dropped_pairs"],
-        "truncation": {key: pairs.summary[key] for key in ("prompt_cut_pairs", "chosen_cut_pairs", "rejected_cut_pairs")},
+        "truncation": {
+            key: pairs.summary[key] for key in ("prompt_cut_pairs", "chosen_cut_pairs", "rejected_cut_pairs")
+        },
         "batch_size": batch_size,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),

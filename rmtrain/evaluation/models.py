@@ -24,8 +24,10 @@ from mmengine.logging import print_log
 from torch import nn
 
 from rmtrain.builder import build
-from rmtrain.engine.deepspeed import is_deepspeed_checkpoint
+from rmtrain.checkpoints import is_checkpoint, load_model_weights, read_model_state_dict
+from rmtrain.config import load_config, scoring_inputs
 from rmtrain.errors import ConfigError, EvaluationError, RmtrainError
+from rmtrain.scoring import reward_token_or_none
 
 DEFAULT_MAX_LENGTH = 2048  # when neither a config nor the folder's rmtrain_config.py gives one
 EXPORTED_CONFIG = "rmtrain_config.py"  # the training config that `rmtrain convert` saves in the folder
@@ -47,10 +49,6 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.device("cpu"), torch.float32
-
-
-def _reward_token(value) -> int | None:
-    return value if value is not None and value >= 0 else None
 
 
 def _no_reward_model(folder: str, what: str) -> EvaluationError:
@@ -93,10 +91,8 @@ class RewardModelSource:
     """
 
     def __init__(self, model: str, config: str | None = None):
-        from rmtrain.engine.config import load_config
-
         self.model = model
-        self.is_checkpoint = os.path.isfile(model) or is_deepspeed_checkpoint(model)
+        self.is_checkpoint = is_checkpoint(model)
         self.cfg = load_config(config) if config is not None else None
         if self.is_checkpoint and self.cfg is None:
             raise ConfigError(f"{model} is a training checkpoint: give the config it was trained with (--config CFG)")
@@ -106,12 +102,12 @@ class RewardModelSource:
 
     def encoding(self) -> Encoding:
         if self.is_checkpoint:
-            dataset_cfg = self.cfg.train_dataloader.dataset
+            inputs = scoring_inputs(self.cfg)
             return Encoding(
-                tokenizer=build(dataset_cfg.tokenizer),
-                reward_token_id=_reward_token(dataset_cfg.get("reward_token_id", -1)),
-                chat_template=dataset_cfg.get("chat_template"),
-                max_length=dataset_cfg.max_length,
+                tokenizer=build(self.cfg.train_dataloader.dataset.tokenizer),
+                reward_token_id=inputs.reward_token_id,
+                chat_template=inputs.chat_template,
+                max_length=inputs.max_length,
                 max_length_from="config",
             )
         from transformers import AutoTokenizer
@@ -125,7 +121,7 @@ class RewardModelSource:
         max_length, max_length_from = self._folder_max_length()
         return Encoding(
             tokenizer=tokenizer,
-            reward_token_id=_reward_token(getattr(self.folder_config, "reward_token_id", None)),
+            reward_token_id=reward_token_or_none(getattr(self.folder_config, "reward_token_id", None)),
             chat_template=None,  # the folder's tokenizer carries the template used in training
             max_length=max_length,
             max_length_from=max_length_from,
@@ -133,14 +129,12 @@ class RewardModelSource:
 
     def _folder_max_length(self) -> tuple[int, str]:
         if self.cfg is not None:
-            return self.cfg.train_dataloader.dataset.max_length, "config"
+            return scoring_inputs(self.cfg).max_length, "config"
         path = os.path.join(self.model, EXPORTED_CONFIG)
         if not os.path.isfile(path):
             return DEFAULT_MAX_LENGTH, "default"
-        from rmtrain.engine.config import load_config
-
         try:
-            return load_config(path).train_dataloader.dataset.max_length, EXPORTED_CONFIG
+            return scoring_inputs(load_config(path)).max_length, EXPORTED_CONFIG
         except RmtrainError as error:  # e.g. it imports a module that lived beside the original config
             print_log(
                 f"{path} does not load here ({error}); using max_length {DEFAULT_MAX_LENGTH} (or pass --max-length)",
@@ -160,11 +154,9 @@ class RewardModelSource:
         return trunk, head, name
 
     def _checkpoint_modules(self) -> tuple[nn.Module, nn.Module, str]:
-        # The conversion's readers: the same checks (a trained value head, every key fitting the model).
-        from rmtrain.convert import _load_trained_weights, _read_state_dict
-
+        # The same readers and checks as the conversion (a trained value head, every key fitting the model).
         reward_model = build(self.cfg.model)
-        _load_trained_weights(reward_model, _read_state_dict(self.model), self.model)
+        load_model_weights(reward_model, read_model_state_dict(self.model), self.model)
         return reward_model.model, reward_model.v_head, f"RewardModel of {os.path.basename(self.cfg.filename)}"
 
     def _folder_modules(self, dtype: torch.dtype) -> tuple[nn.Module, nn.Module, str]:

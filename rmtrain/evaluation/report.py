@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from rmtrain.evaluation.metrics import PERCENTILES
+from rmtrain.metrics import PERCENTILES
 
 
 def summary_path(out: str) -> Path:

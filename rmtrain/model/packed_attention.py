@@ -37,7 +37,9 @@ def packed_sdpa_attention(
     causal SDPA, exact for every real token of right-padded rows (`pad_sequences` pads right).
     """
     if cu_seq_lens_q is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: query head i uses key/value head i // groups
         key = key.repeat_interleave(groups, dim=1)

@@ -6,11 +6,11 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from rmtrain.builder import build
-from rmtrain.engine.compat import enable_activation_checkpointing
+from rmtrain.compat import enable_activation_checkpointing
 from rmtrain.errors import ConfigError
 from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
 from rmtrain.model.packed_attention import packed_attention_implementation
-from rmtrain.scoring import score_sequences
+from rmtrain.scoring import reward_token_or_none, score_sequences
 
 
 def trunk_of(language_model: nn.Module) -> nn.Module:
@@ -55,15 +55,17 @@ class RewardModel(BaseModel):
         self.loss_type = loss_type
         self.penalty_type = penalty_type
         self.penalty_weight = penalty_weight
-        self.reward_token_id = reward_token_id
+        self.reward_token_id = reward_token_id = reward_token_or_none(reward_token_id)
 
         self.model = trunk_of(build(llm, recursive=True))
         self.model.config.use_cache = False
         if use_varlen_attn:  # packed batches: attention stays within each sequence, at its own cost
             self.model.set_attn_implementation(packed_attention_implementation())
         vocab_size = self.model.get_input_embeddings().num_embeddings
-        if reward_token_id is not None and reward_token_id >= 0 and reward_token_id >= vocab_size:
-            raise ConfigError(f"reward_token_id={reward_token_id} is outside the model's embeddings (size {vocab_size})")
+        if reward_token_id is not None and reward_token_id >= vocab_size:
+            raise ConfigError(
+                f"reward_token_id={reward_token_id} is outside the model's embeddings (size {vocab_size})"
+            )
         # Zero-initialised, as users of this recipe expect: every score starts at 0.
         self.v_head = nn.Linear(self.model.config.hidden_size, 1, bias=False)
         nn.init.zeros_(self.v_head.weight)
@@ -99,9 +101,7 @@ class RewardModel(BaseModel):
         num_pairs = scores.shape[0] // 2
         chosen, rejected = scores[:num_pairs], scores[num_pairs:]
         if mode != "loss":
-            return [
-                {"chosen_score": c, "rejected_score": r} for c, r in zip(chosen.tolist(), rejected.tolist())
-            ]
+            return [{"chosen_score": c, "rejected_score": r} for c, r in zip(chosen.tolist(), rejected.tolist())]
         margin = data.get("margin")
         loss = pair_loss(chosen, rejected, margin, self.loss_type).mean()
         if self.penalty_type != "none":

@@ -1,6 +1,5 @@
 """Tests for rmtrain.data.collate.preference_collate_fn."""
 
-import pytest
 import torch
 
 from rmtrain.data.collate import preference_collate_fn

@@ -180,7 +180,9 @@ def test_vocab_is_deterministic():
 
 
 def test_byte_level_bpe_on_other_texts_keeps_the_special_ids_and_round_trips():
-    tokenizer = demo.chat_tokenizer(demo.train_byte_level_bpe(["héllo wörld, ünïcode 🙂"] * 50 + ["plain text"] * 50, 400))
+    tokenizer = demo.chat_tokenizer(
+        demo.train_byte_level_bpe(["héllo wörld, ünïcode 🙂"] * 50 + ["plain text"] * 50, 400)
+    )
     assert tokenizer.convert_tokens_to_ids("<|reward|>") == DEMO_REWARD_TOKEN_ID
     assert tokenizer.pad_token_id == DEMO_PAD_TOKEN_ID
     text = "never seen: Ωμέγα ✓"
@@ -235,8 +237,7 @@ def test_bag_of_tokens_scorer_learns_preferences(tokenizer):
     accuracy = correct.float().mean().item()
     categories = data["category"][1500:]
     per_category = {
-        c: round(sum(ok for ok, cat in zip(correct.tolist(), categories) if cat == c)
-                 / categories.count(c), 3)
+        c: round(sum(ok for ok, cat in zip(correct.tolist(), categories) if cat == c) / categories.count(c), 3)
         for c in DEMO_CATEGORIES
     }
     print(f"bag-of-tokens held-out accuracy {accuracy:.3f}, per category {per_category}")

@@ -179,7 +179,12 @@ def test_sharegpt_preference_role_mapping_and_system_turn():
 
 
 def test_string_preference():
-    record = {"prompt": "Is water wet?", "chosen": "Yes, in everyday terms.", "rejected": "Purple.", "source_index": "3"}
+    record = {
+        "prompt": "Is water wet?",
+        "chosen": "Yes, in everyday terms.",
+        "rejected": "Purple.",
+        "source_index": "3",
+    }
     assert string_preference_map_fn(record) == {
         "prompt": [user("Is water wet?")],
         "chosen": [assistant("Yes, in everyday terms.")],
@@ -224,7 +229,11 @@ def test_messages_preference_strings_and_multi_turn_response():
 
 def test_messages_preference_allows_empty_prompt_list_and_drops_extra_keys():
     record = {"prompt": [], "chosen": [{"role": "assistant", "content": "A", "name": "bot"}], "rejected": "B"}
-    assert messages_preference_map_fn(record) == {"prompt": [], "chosen": [assistant("A")], "rejected": [assistant("B")]}
+    assert messages_preference_map_fn(record) == {
+        "prompt": [],
+        "chosen": [assistant("A")],
+        "rejected": [assistant("B")],
+    }
 
 
 def test_map_fns_are_pure():
@@ -395,6 +404,7 @@ def assert_well_formed(out: dict, *, prompt_ends_with_user: bool = True) -> None
         assert out["prompt"][-1]["content"].strip()
 
 
+@pytest.mark.slow
 def test_real_hh_rlhf_first_records(data_dir):
     records = read_jsonl_gz(data_dir / "hh-rlhf/helpful-base/test.jsonl.gz", 50)
     for record in records:
@@ -413,6 +423,7 @@ def test_real_hh_rlhf_first_records(data_dir):
         ("hh-rlhf/harmless-base/test.jsonl.gz", {86: "chosen", 516: "chosen", 925: "chosen", 1103: "chosen"}),
     ],
 )
+@pytest.mark.slow
 def test_real_hh_rlhf_all_records(data_dir, path, empty):
     records = read_jsonl_gz(data_dir / path)
     failed = {}
@@ -430,6 +441,7 @@ def test_real_hh_rlhf_all_records(data_dir, path, empty):
     assert len(records) - len(failed) > 2300
 
 
+@pytest.mark.slow
 def test_real_ultrafeedback_strings_first_records(data_dir):
     records = read_jsonl_gz(data_dir / "ultrafeedback-binarized-sample/train_clean.jsonl.gz", 50)
     assert len(records) == 50
@@ -440,6 +452,7 @@ def test_real_ultrafeedback_strings_first_records(data_dir):
         assert out["chosen"] == [assistant(record["chosen"])]
 
 
+@pytest.mark.slow
 def test_real_llamafactory_sharegpt_first_records(data_dir):
     with gzip.open(data_dir / "llamafactory-demo/dpo_en_demo.json.gz", "rt", encoding="utf-8") as f:
         records = json.load(f)[:50]
@@ -451,6 +464,7 @@ def test_real_llamafactory_sharegpt_first_records(data_dir):
         assert out["chosen"] == [assistant(record["chosen"]["value"])]
 
 
+@pytest.mark.slow
 def test_real_orca_dpo_pairs_first_records(data_dir):
     with open(data_dir / "misc-small/orca_dpo_pairs_demo.csv", newline="", encoding="utf-8") as f:
         records = list(islice(csv.DictReader(f), 50))

@@ -27,7 +27,10 @@ def test_pack_pairs_is_deterministic_for_a_seed():
 
 
 def test_packed_collate_lays_sequences_end_to_end_with_restarting_positions():
-    bins = [[{"chosen_ids": [1, 2, 3], "rejected_ids": [4, 5], "margin": 1.0}], [{"chosen_ids": [6], "rejected_ids": [7, 8], "margin": None}]]
+    bins = [
+        [{"chosen_ids": [1, 2, 3], "rejected_ids": [4, 5], "margin": 1.0}],
+        [{"chosen_ids": [6], "rejected_ids": [7, 8], "margin": None}],
+    ]
     data = preference_collate_fn(bins, use_varlen_attn=True)["data"]
     # chosen sides of both pairs, then their rejected sides
     assert data["input_ids"].tolist() == [[1, 2, 3, 6, 4, 5, 7, 8]]

@@ -68,7 +68,9 @@ def test_in_memory_custom_format(demo_tokenizer):
                 demo_tokenizer, record["prompt"], record[side], MAX_LENGTH, REWARD, demo_tokenizer.chat_template
             )
             assert ids == expected.input_ids
-        assert demo_tokenizer.decode(item["chosen_ids"]).endswith(record["chosen"][0]["content"] + "<|im_end|>\n<|reward|>")
+        assert demo_tokenizer.decode(item["chosen_ids"]).endswith(
+            record["chosen"][0]["content"] + "<|im_end|>\n<|reward|>"
+        )
     summary = out.summary
     assert summary["pairs"] == 2
     assert summary["dropped_pairs"] == 0
@@ -126,8 +128,10 @@ def test_string_map_fn_by_name(demo_tokenizer):
     out = _build(datasets.Dataset.from_list(records), demo_tokenizer, dataset_map_fn="string_preference_map_fn")
     assert len(out) == 2
     text = demo_tokenizer.decode(out[0]["chosen_ids"])
-    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n" \
+    assert (
+        text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n"
         "<|im_start|>assistant\n4<|im_end|>\n<|reward|>"
+    )
     assert demo_tokenizer.decode(out[1]["rejected_ids"]).startswith("<|im_start|>user\nName a fruit.")
 
 

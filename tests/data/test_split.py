@@ -15,8 +15,17 @@ def test_val_record_count(num_records, val_split, expected):
     assert val_record_count(num_records, val_split) == expected
 
 
-@pytest.mark.parametrize("val_split, match", [(10, "leaving none"), (1.5, "whole record count"), (-0.1, "share"),
-                                              (True, "share"), ("0.1", "share"), (1, "leaving none")])
+@pytest.mark.parametrize(
+    "val_split, match",
+    [
+        (10, "leaving none"),
+        (1.5, "whole record count"),
+        (-0.1, "share"),
+        (True, "share"),
+        ("0.1", "share"),
+        (1, "leaving none"),
+    ],
+)
 def test_val_record_count_refuses(val_split, match):
     with pytest.raises(ConfigError, match=match):
         val_record_count(10 if val_split != 1 else 1, val_split)

@@ -5,16 +5,14 @@ under ~/.cache/torch_extensions).
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
-from rmtrain.engine.deepspeed import deepspeed_model_state_dict, is_deepspeed_checkpoint
+from rmtrain.checkpoints import deepspeed_model_state_dict, is_deepspeed_checkpoint
 
 # 64 pairs, 8 per step over the 2 processes: 8 iterations, checkpoints at 4 and 8.
 SETTINGS = dict(num_pairs=64, batch_size=4, max_epochs=1, mixed_precision="float32", log_interval=1, save_steps=4)
@@ -22,16 +20,8 @@ TRUNK_WEIGHT = "model.layers.0.self_attn.q_proj.weight"
 HERE = Path(__file__).parent  # train_stop_hook.py
 
 
-def rmtrain(*args, cwd, nproc=1, pythonpath=None, check=True):
-    env = dict(os.environ, NPROC_PER_NODE=str(nproc))
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-m", "rmtrain.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"rmtrain {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
+def rmtrain(*args, cwd, nproc=1, pythonpath=(), check=True):
+    return run_rmtrain(*args, cwd=cwd, nproc=nproc, pythonpath=pythonpath or (), check=check, timeout=600)
 
 
 def demo_config(folder: Path, name: str, extra: str = "", **changes) -> Path:
@@ -58,6 +48,7 @@ def zero2_run(tmp_path_factory):
     return config, folder / "work"
 
 
+@pytest.mark.slow
 def test_zero2_on_two_processes_matches_one_process_without_deepspeed(zero2_run, tmp_path):
     _, work = zero2_run
     # FlexibleRunner writes each checkpoint as a DeepSpeed folder: the model states and one
@@ -81,6 +72,7 @@ def test_zero2_on_two_processes_matches_one_process_without_deepspeed(zero2_run,
     assert plain["v_head.weight"].abs().max() > 1e-3  # it trained
 
 
+@pytest.mark.slow
 def test_zero3_checkpoint_gathers_and_converts(zero2_run, tmp_path):
     config = demo_config(tmp_path, "zero3")
     work = tmp_path / "work"
@@ -99,6 +91,7 @@ def test_zero3_checkpoint_gathers_and_converts(zero2_run, tmp_path):
     assert (exported / "model.safetensors").is_file() and (exported / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_zero2_run(zero2_run, tmp_path):
     uninterrupted_config, uninterrupted = zero2_run
     crash = demo_config(

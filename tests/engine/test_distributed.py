@@ -1,15 +1,13 @@
 """Two processes on CPU (gloo) compute what one process computes; resume and rank failures behave."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.engine.launch import first_slurm_host, slurm_environment, torchrun_command
 from rmtrain.errors import ConfigError
@@ -23,13 +21,10 @@ def config_variant(folder: Path, name: str, extra: str = "", **settings) -> Path
 
 
 def rmtrain_train(config: Path, work_dir: Path, *args, nproc: int = 1, timeout: int = 600):
-    env = {key: value for key, value in os.environ.items() if key not in ("NPROC_PER_NODE", "NNODES", "PORT")}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    env["RMTRAIN_DIST_TIMEOUT_MINUTES"] = "2"
-    if nproc > 1:
-        env["NPROC_PER_NODE"] = str(nproc)
-    command = [sys.executable, "-m", "rmtrain.cli", "train", str(config), "--work-dir", str(work_dir), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=config.parent)
+    return run_rmtrain(
+        "train", config, "--work-dir", work_dir, *args, cwd=config.parent, nproc=nproc, pythonpath=HERE,
+        check=False, timeout=timeout,
+    )  # fmt: skip
 
 
 def logged(work_dir: Path, key: str) -> list[float]:
@@ -41,6 +36,7 @@ def weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     one = config_variant(tmp_path, "one", batch_size=8)
     two = config_variant(tmp_path, "two", batch_size=4)
@@ -57,12 +53,15 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     assert max((wa[key] - wb[key]).abs().max().item() for key in wa) < 1e-3
 
 
+@pytest.mark.slow
 def test_two_process_run_resumes_to_the_same_weights(tmp_path):
     # Accumulation 2, checkpoint every 4 iterations; rank 0 and rank 1 both die at iteration 6.
     settings = dict(accumulative_counts=2, num_pairs=96, save_total_limit=-1)
     full = config_variant(tmp_path, "full", **settings)
     crash = config_variant(
-        tmp_path, "crash", **settings,
+        tmp_path,
+        "crash",
+        **settings,
         extra="\nfrom train_stop_hook import StopAtIterHook\ncustom_hooks = [dict(type=StopAtIterHook, stop_at=6)]\n",
     )
     assert rmtrain_train(full, tmp_path / "a", nproc=2).returncode == 0
@@ -76,9 +75,11 @@ def test_two_process_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(wa[key], wb[key]), key
 
 
+@pytest.mark.slow
 def test_a_dying_rank_ends_the_job_with_a_message_instead_of_a_hang(tmp_path):
     crash = config_variant(
-        tmp_path, "crash",
+        tmp_path,
+        "crash",
         extra="\nfrom train_stop_hook import StopAtIterHook\ncustom_hooks = [dict(type=StopAtIterHook, stop_at=3, only_rank=1)]\n",
     )
     start = time.monotonic()
@@ -105,7 +106,9 @@ def test_torchrun_picks_a_free_port_on_one_node_and_refuses_multi_node_without_a
     monkeypatch.setenv("NPROC_PER_NODE", "2")
     monkeypatch.delenv("PORT", raising=False)
     monkeypatch.delenv("NNODES", raising=False)
-    port = int(next(part for part in torchrun_command(["train", "x"]) if part.startswith("--master_port=")).split("=")[1])
+    port = int(
+        next(part for part in torchrun_command(["train", "x"]) if part.startswith("--master_port=")).split("=")[1]
+    )
     assert 0 < port < 65536
     monkeypatch.setenv("NNODES", "2")
     monkeypatch.delenv("ADDR", raising=False)
@@ -122,14 +125,26 @@ def test_first_slurm_host(nodelist, first):
 
 
 def test_slurm_environment(monkeypatch):
-    for name, value in dict(SLURM_PROCID="3", SLURM_NTASKS="16", SLURM_LOCALID="3", SLURM_NODELIST="node[1-2]",
-                            SLURM_TASKS_PER_NODE="8(x2)", SLURM_JOB_ID="12345").items():
+    for name, value in dict(
+        SLURM_PROCID="3",
+        SLURM_NTASKS="16",
+        SLURM_LOCALID="3",
+        SLURM_NODELIST="node[1-2]",
+        SLURM_TASKS_PER_NODE="8(x2)",
+        SLURM_JOB_ID="12345",
+    ).items():
         monkeypatch.setenv(name, value)
     for name in ("MASTER_ADDR", "MASTER_PORT", "PORT"):
         monkeypatch.delenv(name, raising=False)
     env = slurm_environment()
-    assert env == dict(RANK="3", WORLD_SIZE="16", LOCAL_RANK="3", LOCAL_WORLD_SIZE="8", MASTER_ADDR="node1",
-                       MASTER_PORT=str(20000 + 12345 % 10000))
+    assert env == dict(
+        RANK="3",
+        WORLD_SIZE="16",
+        LOCAL_RANK="3",
+        LOCAL_WORLD_SIZE="8",
+        MASTER_ADDR="node1",
+        MASTER_PORT=str(20000 + 12345 % 10000),
+    )
     monkeypatch.delenv("SLURM_PROCID")
     with pytest.raises(ConfigError, match="SLURM_PROCID"):
         slurm_environment()

@@ -30,7 +30,7 @@ def idle_slurm_node() -> bool:
     return idle.returncode == 0 and bool(idle.stdout.strip())
 
 
-pytestmark = pytest.mark.skipif(not idle_slurm_node(), reason=SKIP_REASON)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not idle_slurm_node(), reason=SKIP_REASON)]
 
 
 def demo_config(tmp_path: Path, **settings) -> Path:

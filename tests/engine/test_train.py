@@ -1,32 +1,27 @@
 """End-to-end training through the `rmtrain` command, on the offline tiny demo config."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
 
 LOG_KEYS = (
-    "lr", "eta", "time", "data_time", "memory", "loss", "acc",
-    "chosen_score_mean", "rejected_score_mean", "num_samples", "num_tokens",
+    "lr",
+    "eta",
+    "time",
+    "data_time",
+    "memory",
+    "loss",
+    "acc",
+    "chosen_score_mean",
+    "rejected_score_mean",
+    "num_samples",
+    "num_tokens",
 )
-
-
-def run_rmtrain(*args, cwd, extra_pythonpath=None, check=True):
-    env = dict(os.environ)
-    if extra_pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([str(extra_pythonpath), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-m", "rmtrain.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"rmtrain {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
 
 
 def small_demo_config(tmp_path: Path, name: str, extra: str = "", **settings) -> Path:
@@ -39,6 +34,7 @@ def read_scalars(work_dir: Path) -> list[dict]:
     return [json.loads(line) for line in scalars.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_copied_demo_config_trains_and_learns(tmp_path):
     copy = run_rmtrain("copy-cfg", "tiny_llama_reward_full_demo", str(tmp_path), cwd=tmp_path)
     config = tmp_path / "tiny_llama_reward_full_demo_copy.py"
@@ -53,7 +49,10 @@ def test_copied_demo_config_trains_and_learns(tmp_path):
 
     scalars = [row for row in read_scalars(work_dir) if "loss" in row]
     first, last = scalars[:3], scalars[-5:]
-    mean = lambda rows, key: sum(row[key] for row in rows) / len(rows)
+
+    def mean(rows, key):
+        return sum(row[key] for row in rows) / len(rows)
+
     assert mean(last, "loss") < 0.6 * mean(first, "loss"), (mean(first, "loss"), mean(last, "loss"))
     assert mean(last, "acc") > 0.8, mean(last, "acc")
     # num_tokens counts real tokens: below the padded size of 2 * 16 rows * 96 tokens.
@@ -65,21 +64,32 @@ def test_copied_demo_config_trains_and_learns(tmp_path):
     assert list(work_dir.glob("*/vis_data/events.out.tfevents.*")), "no TensorBoard events"
 
 
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     # 96 pairs / 4 per batch = 24 iterations; accumulation 2 with a checkpoint every 5 iterations,
     # so the crash at iteration 8 resumes from iteration 5, in the middle of an accumulation window.
-    settings = dict(num_pairs=96, batch_size=4, accumulative_counts=2, max_epochs=1, save_steps=5,
-                    save_total_limit=-1, log_interval=1)
+    settings = dict(
+        num_pairs=96,
+        batch_size=4,
+        accumulative_counts=2,
+        max_epochs=1,
+        save_steps=5,
+        save_total_limit=-1,
+        log_interval=1,
+    )
     full = small_demo_config(tmp_path, "full", **settings)
     crash = small_demo_config(
-        tmp_path, "crash", **settings,
+        tmp_path,
+        "crash",
+        **settings,
         extra="\nfrom train_stop_hook import StopAtIterHook\ncustom_hooks = [dict(type=StopAtIterHook, stop_at=8)]\n",
     )
     here = Path(__file__).parent
 
     run_rmtrain("train", str(full), "--work-dir", str(tmp_path / "a"), cwd=tmp_path)
-    crashed = run_rmtrain("train", str(crash), "--work-dir", str(tmp_path / "b"), cwd=tmp_path,
-                          extra_pythonpath=here, check=False)
+    crashed = run_rmtrain(
+        "train", str(crash), "--work-dir", str(tmp_path / "b"), cwd=tmp_path, pythonpath=here, check=False
+    )
     assert crashed.returncode == 17
     assert (tmp_path / "b" / "last_checkpoint").read_text().strip().endswith("iter_5.pth")
     assert not (tmp_path / "b" / "iter_24.pth").exists()

@@ -1,33 +1,44 @@
 """Validation during training: val metrics in the logs and scalars, the best checkpoint, resume, config checks."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from mmengine.logging import MessageHub
 
+from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain import cli
-from rmtrain.engine.config import load_config
+from rmtrain.config import load_config
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.train import _align_checkpoints_to_accumulation
 from rmtrain.engine.validation import check_validation_config
 from rmtrain.errors import ConfigError
 
 # 32 training pairs (36 generated, 4 held out) in batches of 4: 8 iterations, validated every 2.
-SMALL = dict(num_pairs=32, batch_size=4, max_epochs=1, save_steps=2, save_total_limit=1, log_interval=1,
-             mixed_precision="float32")
+SMALL = dict(
+    num_pairs=32,
+    batch_size=4,
+    max_epochs=1,
+    save_steps=2,
+    save_total_limit=1,
+    log_interval=1,
+    mixed_precision="float32",
+)
 TINY_MODEL = [
     ("hidden_size=128", "hidden_size=32"),
     ("intermediate_size=256", "intermediate_size=64"),
     ("num_hidden_layers=4", "num_hidden_layers=2"),
 ]
-VAL_KEYS = {"val/pairs", "val/accuracy", "val/margin_mean", "val/chosen_score_mean", "val/rejected_score_mean",
-            "val/score_std"}
+VAL_KEYS = {
+    "val/pairs",
+    "val/accuracy",
+    "val/margin_mean",
+    "val/chosen_score_mean",
+    "val/rejected_score_mean",
+    "val/score_std",
+}
 
 
 def small_config(folder: Path, name: str, extra: str = "", **settings) -> Path:
@@ -35,14 +46,9 @@ def small_config(folder: Path, name: str, extra: str = "", **settings) -> Path:
 
 
 def run_train(config: Path, work_dir: Path, *args, check=True):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "rmtrain.cli", "train", str(config), "--work-dir", str(work_dir), *args],
-        cwd=config.parent, env=env, capture_output=True, text=True, timeout=600,
+    return run_rmtrain(
+        "train", config, "--work-dir", work_dir, *args, cwd=config.parent, pythonpath=Path(__file__).parent, check=check
     )
-    if check and result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
 
 
 def scalar_lines(work_dir: Path) -> list[dict]:
@@ -69,6 +75,7 @@ def best_files(work_dir: Path) -> list[str]:
     return sorted(p.name for p in work_dir.glob("best_*.pth"))
 
 
+@pytest.mark.slow
 def test_validation_logs_metrics_and_keeps_the_best_checkpoint(validated_run):
     _, work, result = validated_run
     val_lines = [line for line in scalar_lines(work) if "val/accuracy" in line]
@@ -87,11 +94,14 @@ def test_validation_logs_metrics_and_keeps_the_best_checkpoint(validated_run):
     assert best["meta"]["iter"] == 2 and "v_head.weight" in best["state_dict"]
 
 
+@pytest.mark.slow
 def test_resume_with_validation_matches_an_uninterrupted_run(validated_run, tmp_path):
     config, uninterrupted, _ = validated_run
     crash = small_config(
-        tmp_path, "crash",
-        extra=TWO_BEST + "\nfrom train_stop_hook import StopAtIterHook\ncustom_hooks = [dict(type=StopAtIterHook, stop_at=5)]\n",
+        tmp_path,
+        "crash",
+        extra=TWO_BEST
+        + "\nfrom train_stop_hook import StopAtIterHook\ncustom_hooks = [dict(type=StopAtIterHook, stop_at=5)]\n",
     )
     work = tmp_path / "work"
     assert run_train(crash, work, check=False).returncode == 17
@@ -104,16 +114,20 @@ def test_resume_with_validation_matches_an_uninterrupted_run(validated_run, tmp_
         assert torch.equal(a[key], b[key]), key
     # The resumed run knows the best checkpoints saved before the crash: none is orphaned or lost.
     assert best_files(work) == best_files(uninterrupted)
-    val = lambda folder: {line["step"]: line["val/accuracy"] for line in scalar_lines(folder) if "val/accuracy" in line}
+
+    def val(folder):
+        return {line["step"]: line["val/accuracy"] for line in scalar_lines(folder) if "val/accuracy" in line}
+
     assert val(work) == val(uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_config_without_validation_trains_as_before(tmp_path):
     extra = (
         "\nval_dataloader = val_evaluator = val_cfg = None"
         '\ndefault_hooks["checkpoint"] = dict(type=CheckpointHook, by_epoch=False, interval=save_steps, '
         "max_keep_ckpts=save_total_limit)"
-        '\ntrain_dataset.update(val_split=0, dataset=dict(demo_data, num_pairs=num_pairs))\n'
+        "\ntrain_dataset.update(val_split=0, dataset=dict(demo_data, num_pairs=num_pairs))\n"
     )
     result = run_train(small_config(tmp_path, "no_val", extra=extra), tmp_path / "work")
     work = tmp_path / "work"
@@ -130,7 +144,7 @@ def test_a_config_without_validation_trains_as_before(tmp_path):
     "extra, message",
     [
         ("\nval_cfg = None\n", "validation needs all of val_dataloader, val_evaluator, val_cfg"),
-        ('\nval_dataloader = val_evaluator = val_cfg = None\n', "save_best='val/accuracy' needs validation"),
+        ("\nval_dataloader = val_evaluator = val_cfg = None\n", "save_best='val/accuracy' needs validation"),
         ('\ndefault_hooks["checkpoint"]["save_best"] = "accuracy"\n', "'accuracy' is not a validation metric"),
         ("\ntrain_dataset.update(val_split=0)\n", "not the two parts of one split"),
         ("\nval_dataset.update(split_seed=1)\n", "not the two parts of one split"),

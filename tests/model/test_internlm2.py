@@ -199,8 +199,13 @@ def test_packed_rows_equal_separate_rows():
 
 
 def test_config_validates_rope_scaling_and_round_trips(tmp_path):
-    for bad in ({"type": "yarn", "factor": 2.0}, {"type": "linear", "factor": 1.0}, {"type": "linear"},
-                {"type": "dynamic", "factor": "2"}, "linear"):
+    for bad in (
+        {"type": "yarn", "factor": 2.0},
+        {"type": "linear", "factor": 1.0},
+        {"type": "linear"},
+        {"type": "dynamic", "factor": "2"},
+        "linear",
+    ):
         with pytest.raises(ValueError):
             InternLM2Config(rope_scaling=bad)
     with pytest.raises(ValueError):
@@ -241,9 +246,18 @@ def test_state_dict_uses_published_names_and_init():
     state = model.state_dict()
     expected = {"model.tok_embeddings.weight", "model.norm.weight", "output.weight"}
     for i in range(SHAPE["num_hidden_layers"]):
-        expected |= {f"model.layers.{i}.{n}.weight" for n in (
-            "attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3",
-            "attention_norm", "ffn_norm")}
+        expected |= {
+            f"model.layers.{i}.{n}.weight"
+            for n in (
+                "attention.wqkv",
+                "attention.wo",
+                "feed_forward.w1",
+                "feed_forward.w2",
+                "feed_forward.w3",
+                "attention_norm",
+                "ffn_norm",
+            )
+        }
     assert set(state) == expected
     assert set(PUBLISHED_NAMES) <= set(state)
     head_dim = SHAPE["hidden_size"] // SHAPE["num_attention_heads"]
@@ -416,7 +430,7 @@ def test_forward_reads_last_attended_token(reward_model):
     left, left_mask = right.clone(), right_mask.clone()
     for i, row in enumerate(rows):
         right[i, : len(row)], right_mask[i, : len(row)] = torch.tensor(row), 1
-        left[i, width - len(row):], left_mask[i, width - len(row):] = torch.tensor(row), 1
+        left[i, width - len(row) :], left_mask[i, width - len(row) :] = torch.tensor(row), 1
     with torch.no_grad():
         alone = torch.cat([reward_model(input_ids=torch.tensor([r])).logits for r in rows])
         for ids, mask in ((right, right_mask), (left, left_mask)):
@@ -453,6 +467,7 @@ _STANDALONE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_exported_folder_runs_as_remote_code_without_rmtrain(reward_model, tokenizer, tmp_path):
     folder = tmp_path / "export"
     reward_model.config.auto_map = {
@@ -472,7 +487,11 @@ def test_exported_folder_runs_as_remote_code_without_rmtrain(reward_model, token
     env.update(HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-c", _STANDALONE_SCRIPT, str(folder), json.dumps(CONVERSATIONS)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -38,7 +38,9 @@ def _pairs(seed: int = 1, count: int = 6) -> list[dict]:
 
 def _models(family: str):
     """The same weights twice: one scoring padded batches, one packed rows."""
-    padded = RewardModel(_trunk(family), reward_token_id=3, penalty_type="log_barrier", use_activation_checkpointing=False)
+    padded = RewardModel(
+        _trunk(family), reward_token_id=3, penalty_type="log_barrier", use_activation_checkpointing=False
+    )
     torch.nn.init.normal_(padded.v_head.weight, std=0.5)  # the head starts at zero; make scores differ
     packed = copy.deepcopy(padded)
     packed.model.set_attn_implementation(PACKED_SDPA)

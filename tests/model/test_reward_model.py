@@ -11,7 +11,12 @@ from rmtrain.model.reward_model import RewardModel
 from rmtrain.scoring import pad_sequences
 
 TINY_LLAMA_KWARGS = dict(
-    vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    vocab_size=1024,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
 )
 
 REWARD = 3
@@ -127,7 +132,9 @@ def test_loss_mode_focal_no_penalty(tiny_llama):
         scores = rm.score(data)
     from rmtrain.model.losses import focal_ranking_loss
 
-    torch.testing.assert_close(out["loss"].detach(), focal_ranking_loss(scores[:2], scores[2:]).mean(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        out["loss"].detach(), focal_ranking_loss(scores[:2], scores[2:]).mean(), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_ties_count_as_wrong(tiny_llama):
@@ -179,9 +186,9 @@ def test_reward_token_outside_embeddings_raises(tiny_llama, token_id):
         _rm(tiny_llama, reward_token_id=token_id)
 
 
-def test_reward_token_none_or_negative_allowed(tiny_llama):
+def test_reward_token_none_or_xtuners_minus_one_mean_no_token(tiny_llama):
     assert _rm(tiny_llama, reward_token_id=None).reward_token_id is None
-    assert _rm(tiny_llama, reward_token_id=-1).reward_token_id == -1
+    assert _rm(tiny_llama, reward_token_id=-1).reward_token_id is None
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ from mmengine.optim import CosineAnnealingLR
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 from torch.optim import AdamW
 
+from rmtrain.assets import smollm2_135m_instruct_model, smollm2_135m_instruct_tokenizer
 from rmtrain.data import build_preference_dataset, load_jsonl_dataset, preference_collate_fn, string_preference_map_fn
 from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
 from rmtrain.model import RewardModel
-from rmtrain.model.pretrained import smollm2_135m_instruct_model, smollm2_135m_instruct_tokenizer
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -55,18 +55,16 @@ log_interval = 10
 #######################################################################
 #            PART 2  Model & Tokenizer                                #
 #######################################################################
-# Both build the converted folder on first use (see rmtrain.model.pretrained); for a model folder of
+# Both build the converted folder on first use (see rmtrain.assets); for a model folder of
 # your own use dict(type=AutoTokenizer.from_pretrained / AutoModel.from_pretrained,
 # pretrained_model_name_or_path=...) as in the other recipes.
 tokenizer = dict(type=smollm2_135m_instruct_tokenizer, padding_side="right")
 
 model = dict(
-    type=RewardModel,
-    reward_token_id=reward_token_id,
+    type=RewardModel,  # reward_token_id and use_varlen_attn come from the data set's config
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
-    use_varlen_attn=use_varlen_attn,
     use_activation_checkpointing=False,
     llm=dict(
         type=smollm2_135m_instruct_model,  # LlamaModel: the chat model without its LM head
@@ -99,7 +97,7 @@ train_dataloader = dict(
     num_workers=dataloader_num_workers,
     dataset=train_dataset,
     sampler=dict(type=DefaultSampler, shuffle=True),
-    collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id, use_varlen_attn=use_varlen_attn),
+    collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id),
 )
 
 #######################################################################
@@ -114,8 +112,22 @@ optim_wrapper = dict(
 )
 
 param_scheduler = [
-    dict(type=LinearWarmupLR, start_factor=1e-5, by_epoch=True, begin=0, end=warmup_ratio * max_epochs, convert_to_iter_based=True),
-    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=True, begin=warmup_ratio * max_epochs, end=max_epochs, convert_to_iter_based=True),
+    dict(
+        type=LinearWarmupLR,
+        start_factor=1e-5,
+        by_epoch=True,
+        begin=0,
+        end=warmup_ratio * max_epochs,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type=CosineAnnealingLR,
+        eta_min=0.0,
+        by_epoch=True,
+        begin=warmup_ratio * max_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
 ]
 
 train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
@@ -133,7 +145,9 @@ default_hooks = dict(
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 
-env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl"))
+env_cfg = dict(
+    cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl")
+)
 
 # Scalars go to <work_dir>/<timestamp>/vis_data/scalars.json and to TensorBoard event files.
 visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])

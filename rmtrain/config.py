@@ -1,21 +1,43 @@
-"""Load a training config: resolve its name, apply --cfg-options (known keys only), check its shape."""
+"""Load a training config: resolve its name, apply --cfg-options (known keys only), check its shape.
+
+Every verb that reads a config (train, convert, eval, check-data) loads it here. The inputs of the
+scoring rule (reward token, max_length, packing) are set once, in the training data set's config,
+as XTuner's configs set them; `load_config` derives the model's copies from there and
+`scoring_inputs` reads them for everyone else.
+"""
 
 import difflib
 import os
 import sys
+from dataclasses import dataclass
 
 from mmengine.config import Config
 
 from rmtrain.errors import ConfigError
 from rmtrain.recipes import resolve_config
+from rmtrain.scoring import reward_token_or_none
 
 REQUIRED_KEYS = ("model", "train_dataloader", "optim_wrapper", "train_cfg")
 # Top-level keys that rmtrain reads after loading. Every other top-level name (lr, batch_size, ...)
 # is a settings variable whose value was already copied into the dicts above when the file ran.
 ENGINE_KEYS = REQUIRED_KEYS + (
-    "param_scheduler", "default_hooks", "custom_hooks", "log_processor", "visualizer", "env_cfg",
-    "randomness", "log_level", "work_dir", "val_dataloader", "val_evaluator", "val_cfg",
+    "param_scheduler",
+    "default_hooks",
+    "custom_hooks",
+    "log_processor",
+    "visualizer",
+    "env_cfg",
+    "randomness",
+    "log_level",
+    "work_dir",
+    "val_dataloader",
+    "val_evaluator",
+    "val_cfg",
 )
+
+
+# What the model takes from the training data set's config (see derive_model_settings).
+DERIVED_MODEL_KEYS = ("model.reward_token_id", "model.use_varlen_attn")
 
 
 def _paths_with_value(node, value, prefix=""):
@@ -34,6 +56,11 @@ def _paths_with_value(node, value, prefix=""):
 
 def _check_option_key(cfg: Config, key: str) -> None:
     """Raise unless every part of the dotted `key` names something the config already has."""
+    if key in DERIVED_MODEL_KEYS and key.split(".")[1] not in cfg.model:
+        raise ConfigError(
+            f"--cfg-options key '{key}': the model takes {key.split('.')[1]} from the data set; "
+            f"set train_dataloader.dataset.{key.split('.')[1]} instead"
+        )
     node = cfg
     walked = []
     for part in key.split("."):
@@ -72,8 +99,9 @@ def check_config(cfg: Config, path) -> None:
         raise ConfigError(f"config {path}: train_dataloader.dataset must be a dataset config dict")
     if dataset.get("is_dpo", True) or not dataset.get("is_reward", False):
         raise ConfigError(f"config {path}: the dataset must set is_dpo=False, is_reward=True")
-    data_token, model_token = dataset.get("reward_token_id", -1), cfg.model.get("reward_token_id")
-    if model_token is not None and model_token != data_token:
+    model_token = cfg.model.get("reward_token_id")
+    data_token = dataset.get("reward_token_id")
+    if "reward_token_id" in cfg.model and reward_token_or_none(model_token) != reward_token_or_none(data_token):
         raise ConfigError(
             f"config {path}: model.reward_token_id={model_token} differs from the dataset's reward_token_id={data_token}"
         )
@@ -82,16 +110,44 @@ def check_config(cfg: Config, path) -> None:
             raise ConfigError(f"config {path}: train_dataloader.dataset.{key} must be a positive integer")
     if not isinstance(cfg.train_dataloader.get("batch_size"), int) or cfg.train_dataloader.batch_size <= 0:
         raise ConfigError(f"config {path}: train_dataloader.batch_size must be a positive integer")
-    # Packing is one switch in three places; a mismatch would fail late or silently run slow attention.
+    # Packing is set in the data set; configs written for XTuner repeat it in the collate function and
+    # the model, and a mismatch would fail late or silently run slow attention.
     collate = cfg.train_dataloader.get("collate_fn") or {}
-    places = {
-        "train_dataloader.dataset": dataset.get("use_varlen_attn", False),
-        "train_dataloader.collate_fn": collate.get("use_varlen_attn", False),
-        "model": cfg.model.get("use_varlen_attn", False),
-    }
+    places = {"train_dataloader.dataset": dataset.get("use_varlen_attn", False)}
+    for place, node in (("train_dataloader.collate_fn", collate), ("model", cfg.model)):
+        if "use_varlen_attn" in node:
+            places[place] = node["use_varlen_attn"]
     if len(set(places.values())) > 1:
         listed = ", ".join(f"{place}.use_varlen_attn={value}" for place, value in places.items())
         raise ConfigError(f"config {path}: use_varlen_attn must be the same everywhere ({listed})")
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What the scoring rule needs from a training config (see rmtrain.scoring)."""
+
+    reward_token_id: int | None  # None: nothing is appended, the score is read at the last real token
+    max_length: int  # tokens per sequence, the reward token included
+    use_varlen_attn: bool  # packed padding-free rows instead of padded batches
+    chat_template: str | None  # a named template or Jinja text; None: the tokenizer's own
+
+
+def scoring_inputs(cfg: Config) -> ScoringInputs:
+    """The scoring rule's inputs, from the one place a config sets them: `train_dataloader.dataset`."""
+    dataset = cfg.train_dataloader.dataset
+    return ScoringInputs(
+        reward_token_id=reward_token_or_none(dataset.get("reward_token_id")),
+        max_length=dataset.max_length,
+        use_varlen_attn=bool(dataset.get("use_varlen_attn", False)),
+        chat_template=dataset.get("chat_template"),
+    )
+
+
+def derive_model_settings(cfg: Config) -> None:
+    """Give the model the data set's reward token and packing switch (what the model needs of them)."""
+    inputs = scoring_inputs(cfg)
+    cfg.model["reward_token_id"] = inputs.reward_token_id
+    cfg.model["use_varlen_attn"] = inputs.use_varlen_attn
 
 
 def load_config(config: str, cfg_options: dict | None = None) -> Config:
@@ -110,4 +166,5 @@ def load_config(config: str, cfg_options: dict | None = None) -> Config:
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     check_config(cfg, path)
+    derive_model_settings(cfg)
     return cfg

@@ -1,0 +1,221 @@
+"""Workarounds for the libraries rmtrain runs on, each gated on the library versions that need it.
+
+Nothing else in rmtrain works around a library. Every workaround below is declared as a
+`Workaround` naming the libraries and the version ranges known to need it; `needed()` checks the
+installed versions, so a workaround switches itself off once a fixed release is installed, and
+tests/test_compat.py fails with the name of the workaround to delete.
+
+Imports of torch, mmengine, transformers and deepspeed happen inside the functions: importing
+this module stays cheap, and a library that is not installed is never imported here.
+"""
+
+import warnings
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+
+@cache
+def installed_version(library: str) -> Version | None:
+    """The installed release of `library` without its local part ('2.13.0+cpu' -> 2.13.0); None if absent."""
+    try:
+        return Version(Version(metadata.version(library)).public)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Workaround:
+    """A fix for a library's behaviour, needed while every library in `needs` is in its version range."""
+
+    name: str
+    needs: tuple[tuple[str, str], ...]  # (library, version specifier), e.g. (("mmengine", "<=0.10.7"),)
+    why: str
+
+    def needed(self) -> bool:
+        for library, versions in self.needs:
+            version = installed_version(library)
+            if version is None or version not in SpecifierSet(versions):
+                return False
+        return True
+
+
+MMENGINE_CHECKPOINT_LOADER = Workaround(
+    "mmengine_checkpoint_loader",
+    (("torch", ">=2.6"), ("mmengine", "<=0.10.7")),
+    "torch.load defaults to weights_only=True since torch 2.6, and mmengine's checkpoint loader calls it "
+    "without arguments on files that hold mmengine objects (HistoryBuffer, numpy scalars): resume and "
+    "load_from fail. rmtrain's own checkpoint reader is registered for mmengine's local files instead.",
+)
+MMENGINE_CPU_DDP = Workaround(
+    "mmengine_cpu_ddp",
+    (("mmengine", "<=0.10.7"),),
+    "mmengine's DDP wrapper passes device_ids=[LOCAL_RANK] even when the model is on the CPU, where "
+    "DistributedDataParallel needs device_ids=None.",
+)
+MMENGINE_DEEPSPEED_ONEBIT = Workaround(
+    "mmengine_deepspeed_onebit",
+    (("mmengine", "<=0.10.7"), ("deepspeed", ">=0.19.7")),
+    "mmengine's DeepSpeedStrategy registers DeepSpeed's optimizers by importing "
+    "deepspeed.runtime.fp16.onebit, which deepspeed 0.19.7 removed.",
+)
+MMENGINE_FLEXIBLE_RUNNER_ITER = Workaround(
+    "mmengine_flexible_runner_iter",
+    (("mmengine", "<=0.10.7"),),
+    "FlexibleRunner.save_checkpoint overwrites meta['iter'] with runner.iter + 1: a best checkpoint re-saved "
+    "after validation claims one iteration more than was trained, and a DeepSpeed resume skips a batch.",
+)
+DEEPSPEED_COLLECTIVE_WARNINGS = Workaround(
+    "deepspeed_collective_warnings",
+    (("torch", ">=2.13"), ("deepspeed", "<=0.19.8")),
+    "DeepSpeed ZeRO calls all_gather_into_tensor / reduce_scatter_tensor, deprecated in torch 2.13, in "
+    "every step: the FutureWarning repeats through the whole log of every rank.",
+)
+TRANSFORMERS_GGUF_SAVE = Workaround(
+    "transformers_gguf_save",
+    (("transformers", ">=5.0"),),
+    "A model loaded with from_pretrained(gguf_file=...) keeps a GGUF quantizer although its tensors are "
+    "dequantized, and save_pretrained refuses it ('quantized with gguf and is not serializable').",
+)
+
+WORKAROUNDS = (
+    MMENGINE_CHECKPOINT_LOADER,
+    MMENGINE_CPU_DDP,
+    MMENGINE_DEEPSPEED_ONEBIT,
+    MMENGINE_FLEXIBLE_RUNNER_ITER,
+    DEEPSPEED_COLLECTIVE_WARNINGS,
+    TRANSFORMERS_GGUF_SAVE,
+)
+
+
+# --- mmengine ------------------------------------------------------------------------------------
+
+
+def register_checkpoint_reader(read) -> None:
+    """Let mmengine's resume and load_from read local checkpoint files with `read(filename, map_location)`."""
+    if not MMENGINE_CHECKPOINT_LOADER.needed():
+        return
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes="", force=True)(read)
+
+
+def ddp_wrapper_config(on_gpu: bool) -> dict:
+    """`model_wrapper_cfg` for a multi-process run: DDP, with no device ids when the model is on the CPU."""
+    config = dict(type="MMDistributedDataParallel")
+    if not on_gpu and MMENGINE_CPU_DDP.needed():
+        config["device_ids"] = None
+    return config
+
+
+# (module, class) pairs that mmengine <= 0.10.7 registers as DeepSpeed optimizers.
+_DEEPSPEED_OPTIMIZERS = (
+    ("deepspeed.ops.adam", "DeepSpeedCPUAdam"),
+    ("deepspeed.ops.adam", "FusedAdam"),
+    ("deepspeed.ops.lamb", "FusedLamb"),
+    ("deepspeed.runtime.fp16.onebit", "OnebitAdam"),
+    ("deepspeed.runtime.fp16.onebit", "OnebitLamb"),
+    ("deepspeed.runtime.fp16.onebit", "ZeroOneAdam"),
+)
+
+
+def _register_existing_deepspeed_optimizers() -> list[str]:
+    import importlib
+
+    from mmengine.registry import OPTIMIZERS
+
+    registered = []
+    for module_name, class_name in _DEEPSPEED_OPTIMIZERS:
+        try:
+            optimizer = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            continue
+        if class_name not in OPTIMIZERS.module_dict:
+            OPTIMIZERS.register_module(module=optimizer)
+        registered.append(class_name)
+    return registered
+
+
+def prepare_mmengine_deepspeed_strategy() -> None:
+    """Let mmengine's DeepSpeedStrategy start: register only the DeepSpeed optimizers that still exist."""
+    if not MMENGINE_DEEPSPEED_ONEBIT.needed():
+        return
+    from mmengine._strategy import deepspeed as mmengine_deepspeed
+
+    mmengine_deepspeed.register_deepspeed_optimizers = _register_existing_deepspeed_optimizers
+
+
+def quiet_deepspeed_collective_warnings() -> None:
+    """Hide torch's deprecation warning for the two collectives DeepSpeed ZeRO calls every step."""
+    if not DEEPSPEED_COLLECTIVE_WARNINGS.needed():
+        return
+    for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+        warnings.filterwarnings("ignore", message=f"`torch.distributed.{name}` is deprecated", category=FutureWarning)
+
+
+def flexible_runner_class():
+    """mmengine's FlexibleRunner, or a subclass whose checkpoints record the iteration CheckpointHook gives."""
+    from mmengine.runner import FlexibleRunner
+
+    if not MMENGINE_FLEXIBLE_RUNNER_ITER.needed():
+        return FlexibleRunner
+    return _checkpoint_iter_flexible_runner()
+
+
+@cache
+def _checkpoint_iter_flexible_runner():
+    from mmengine.runner import FlexibleRunner
+
+    class CheckpointIterFlexibleRunner(FlexibleRunner):
+        """FlexibleRunner whose checkpoints record the caller's meta['iter'] (as Runner does)."""
+
+        def save_checkpoint(self, out_dir, filename, *args, meta=None, **kwargs):
+            given_iter = (meta or {}).get("iter")
+            strategy_save = self.strategy.save_checkpoint
+
+            def save_with_given_iter(*save_args, extra_ckpt=None, **save_kwargs):
+                if given_iter is not None:
+                    extra_ckpt["meta"]["iter"] = given_iter
+                return strategy_save(*save_args, extra_ckpt=extra_ckpt, **save_kwargs)
+
+            self.strategy.save_checkpoint = save_with_given_iter  # for this save only
+            try:
+                super().save_checkpoint(out_dir, filename, *args, meta=meta, **kwargs)
+            finally:
+                del self.strategy.save_checkpoint
+
+    return CheckpointIterFlexibleRunner
+
+
+# --- transformers --------------------------------------------------------------------------------
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant, which works with frozen inputs and DDP).
+
+    Not a bug but a rename: transformers 5 calls it `activation_checkpointing_enable` (the old name
+    warns and goes in v6); transformers 4 has only `gradient_checkpointing_enable`.
+    """
+    kwargs = {"use_reentrant": False}
+    if installed_version("transformers") >= Version("5.0"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def clear_gguf_quantizer(model) -> None:
+    """Let `save_pretrained` write a model that was loaded from a GGUF file, as a plain checkpoint.
+
+    Clearing only the quantizer is not enough: the GGUF `quantization_config` would be saved into
+    config.json and the folder would reload with a GGUF quantizer again. The weights are ordinary
+    float tensors, so both are dropped.
+    """
+    if not TRANSFORMERS_GGUF_SAVE.needed():
+        return
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config

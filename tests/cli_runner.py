@@ -1,0 +1,34 @@
+"""Test helper: run the `rmtrain` command line in a fresh process, the one way every test does it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Launcher variables of an outer job would turn a test's one-process run into a torchrun job.
+_LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "ADDR", "PORT")
+
+
+def run_rmtrain(*args, cwd, nproc: int = 1, pythonpath=(), env=None, check: bool = True, timeout: float = 900):
+    """`rmtrain ARGS` in a fresh process (`python -m rmtrain.cli`); returns the CompletedProcess.
+
+    nproc > 1 sets NPROC_PER_NODE (torchrun). `pythonpath`: folders put in front of PYTHONPATH (for
+    map functions or hooks that a test's config imports). `env`: extra variables. Collectives time
+    out after 2 minutes, so a broken multi-process test fails instead of hanging. check=True raises
+    with the end of stderr when the command fails.
+    """
+    environment = {key: value for key, value in os.environ.items() if key not in _LAUNCH_VARIABLES}
+    environment["RMTRAIN_DIST_TIMEOUT_MINUTES"] = "2"
+    if nproc > 1:
+        environment["NPROC_PER_NODE"] = str(nproc)
+    folders = [str(folder) for folder in ([pythonpath] if isinstance(pythonpath, (str, Path)) else pythonpath)]
+    environment["PYTHONPATH"] = os.pathsep.join(folders + [os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
+    environment.update(env or {})
+    command = [sys.executable, "-m", "rmtrain.cli", *map(str, args)]
+    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"rmtrain {' '.join(map(str, args))} failed ({result.returncode}):\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
