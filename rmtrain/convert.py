@@ -4,12 +4,21 @@ InternLM2 trunks become `InternLM2ForRewardModel` (its modeling files are writte
 so plain transformers loads it with trust_remote_code=True); every other trunk becomes
 `<Arch>ForSequenceClassification` with num_labels=1 and the value head as `score`.
 
+The folder is portable: its chat template ends a scored conversation with the reward token and its
+tokenizer adds no special tokens of its own (`rmtrain.scoring.make_tokenizer_portable`), and its
+config.json says how servers should read the score (one regression label, no activation), so
+clients that render the chat with the template and read the last token's logit (RewardBench, TRL,
+OpenRLHF, vLLM, SGLang) get the scores training validated.
+
 The folder is written under a temporary name, loaded back through transformers' Auto classes and
-scored against the training model before it takes its final name: an export that would score
-differently never appears at SAVE_DIR.
+scored against the training model, by rmtrain's rule and the way clients do, before it takes its
+final name: an export that would score differently never appears at SAVE_DIR. When the config has
+validation data, the verified export scores it and the score mean and std go into config.json
+(`rmtrain.normalization`).
 """
 
 import copy
+import logging
 import os
 import shutil
 
@@ -20,7 +29,16 @@ from rmtrain.builder import build
 from rmtrain.checkpoints import load_model_weights, read_model_state_dict
 from rmtrain.config import load_config, scoring_inputs
 from rmtrain.errors import RmtrainError
-from rmtrain.scoring import encode_conversation, ensure_distinct_pad_token, pad_sequences, resolve_chat_template
+from rmtrain.normalization import measure_normalization, write_normalization
+from rmtrain.scoring import (
+    encode_conversation,
+    ensure_distinct_pad_token,
+    length_sorted_batches,
+    make_tokenizer_portable,
+    pad_sequences,
+    resolve_chat_template,
+    score_batch,
+)
 
 # Conversations of different lengths: a batch of them exercises padding in the exported model.
 VERIFY_CONVERSATIONS = [
@@ -42,6 +60,23 @@ VERIFY_CONVERSATIONS = [
 
 BF16_TOLERANCE = 5e-2  # relative to the largest score magnitude (at least 1)
 FP32_TOLERANCE = 1e-4
+STATS_BATCH_SIZE = 16  # sequences per forward pass when the validation split is scored
+
+
+def _score_head_config(config, pad_token_id, reward_token_id, value_head_prefix: str) -> None:
+    """What servers and trainers read from config.json to return the raw score (set in place).
+
+    One label, `problem_type="regression"`: transformers' text-classification pipeline and vLLM's
+    classify pooler then apply no sigmoid; `id2label`/`label2id` name it; `value_head_prefix` names the
+    head for OpenRLHF; `pad_token_id` is never a real last token; `reward_token_id` for the record.
+    """
+    config.num_labels = 1
+    config.id2label = {0: "LABEL_0"}
+    config.label2id = {"LABEL_0": 0}
+    config.problem_type = "regression"
+    config.value_head_prefix = value_head_prefix
+    config.pad_token_id = pad_token_id
+    config.reward_token_id = reward_token_id
 
 
 class ConversionError(RmtrainError):
@@ -53,15 +88,17 @@ def _check_save_dir(save_dir: str, overwrite: bool) -> None:
         raise ConversionError(f"{save_dir} exists and is not empty; pass --overwrite to replace it")
 
 
-def _internlm2_reward_model(reward_model, reward_token_id):
+def _internlm2_reward_model(reward_model, tokenizer, reward_token_id):
     from rmtrain.model.internlm2 import InternLM2ForRewardModel
 
     config = copy.deepcopy(reward_model.model.config)
-    config.reward_token_id = reward_token_id
+    _score_head_config(config, tokenizer.pad_token_id, reward_token_id, value_head_prefix="v_head")
     config.architectures = ["InternLM2ForRewardModel"]
+    # AutoModelForSequenceClassification too: the text-classification pipeline (RewardBench) and TRL load that.
     config.auto_map = {
         "AutoConfig": "configuration_internlm2.InternLM2Config",
         "AutoModel": "modeling_internlm2.InternLM2ForRewardModel",
+        "AutoModelForSequenceClassification": "modeling_internlm2.InternLM2ForRewardModel",
     }
     exported = InternLM2ForRewardModel(config)
     exported.model.load_state_dict(reward_model.model.state_dict(), strict=True)
@@ -74,11 +111,8 @@ def _sequence_classifier(reward_model, tokenizer, reward_token_id):
 
     added_pad = ensure_distinct_pad_token(tokenizer, reward_token_id)
     config = copy.deepcopy(reward_model.model.config)
-    config.num_labels = 1
-    config.id2label = {0: "LABEL_0"}
-    config.label2id = {"LABEL_0": 0}
-    config.pad_token_id = None  # set below: a newly added pad id may lie beyond the trained embeddings
-    config.reward_token_id = reward_token_id
+    # pad_token_id is set below: a newly added pad id may lie beyond the trained embeddings
+    _score_head_config(config, None, reward_token_id, value_head_prefix="score")
     config.architectures = None  # set by from_config / save_pretrained
     exported = AutoModelForSequenceClassification.from_config(config)
     if not hasattr(exported, "score"):
@@ -93,11 +127,15 @@ def _sequence_classifier(reward_model, tokenizer, reward_token_id):
 
 def _readme(architecture: str, reward_token_id, pad_token_id, is_internlm2: bool) -> str:
     token_line = (
-        f"The reward token (id {reward_token_id}) must end every scored sequence: render the chat with the "
-        "tokenizer's chat template (saved here, the one used in training), tokenize without adding special "
-        "tokens, and append the reward token id if it is not already last."
+        f"Every scored conversation ends with the reward token (id {reward_token_id}): the chat template saved "
+        "here writes it after the last message when no generation prompt is asked for, and the tokenizer adds "
+        "no special tokens of its own, so `apply_chat_template(chat, tokenize=False)` followed by the tokenizer "
+        "(with or without `add_special_tokens`) gives the tokens training scored."
         if reward_token_id is not None
-        else "Render the chat with the tokenizer's chat template (saved here) and tokenize without adding special tokens."
+        else "The score is read at the last token of the chat rendered by the chat template saved here (the "
+        "template used in training); the tokenizer adds no special tokens of its own, so "
+        "`apply_chat_template(chat, tokenize=False)` followed by the tokenizer (with or without "
+        "`add_special_tokens`) gives the tokens training scored."
     )
     if is_internlm2:
         usage = """```python
@@ -105,24 +143,23 @@ from transformers import AutoModel, AutoTokenizer
 model = AutoModel.from_pretrained(PATH, trust_remote_code=True)
 tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)
 chat = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi! How can I help?"}]
-score = model.get_score(tokenizer, chat)            # appends the reward token for you
+score = model.get_score(tokenizer, chat)
 better = model.compare(tokenizer, chat_a, chat_b)   # True if chat_a scores higher
 order = model.rank(tokenizer, [chat_a, chat_b, chat_c])
-```"""
+```
+`AutoModelForSequenceClassification.from_pretrained(PATH, trust_remote_code=True)` loads the same class, so the
+`text-classification` pipeline and TRL read its `logits[:, 0]` like a sequence classifier's."""
     else:
-        usage = f"""```python
+        usage = """```python
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model = AutoModelForSequenceClassification.from_pretrained(PATH)
 tokenizer = AutoTokenizer.from_pretrained(PATH)
-chat = [{{"role": "user", "content": "Hello"}}, {{"role": "assistant", "content": "Hi! How can I help?"}}]
-text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
-ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-{"if ids[-1] != model.config.reward_token_id:" + chr(10) + "    ids.append(model.config.reward_token_id)" if reward_token_id is not None else ""}
+chat = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi! How can I help?"}]
+text = tokenizer.apply_chat_template(chat, tokenize=False)
 with torch.no_grad():
-    score = model(torch.tensor([ids])).logits[0, 0].item()
-```
-Batches: pad with `tokenizer.pad_token_id` (id {pad_token_id}, never a real last token) on either side."""
+    score = model(**tokenizer([text], return_tensors="pt")).logits[0, 0].item()
+```"""
     return f"""# Reward model ({architecture})
 
 Exported by `rmtrain convert pth_to_hf`. The training config is saved as `rmtrain_config.py`.
@@ -131,6 +168,10 @@ One forward pass gives one scalar score per sequence, read at its last real toke
 {token_line}
 
 {usage}
+
+Batches: pad with `tokenizer.pad_token_id` (id {pad_token_id}, never a real last token) on either side.
+config.json has one label with `problem_type: "regression"`, so the `text-classification` pipeline and vLLM's
+`/classify` return the raw score (no sigmoid).
 """
 
 
@@ -141,48 +182,100 @@ def _verify_ids(tokenizer, template, reward_token_id) -> list[list[int]]:
     ]
 
 
-def _scores_of_training_model(reward_model, tokenizer, template, reward_token_id) -> torch.Tensor:
-    input_ids, attention_mask = pad_sequences(_verify_ids(tokenizer, template, reward_token_id), pad_token_id=0)
+def _scores_of_training_model(reward_model, ids: list[list[int]]) -> torch.Tensor:
+    input_ids, attention_mask = pad_sequences(ids, pad_token_id=0)
     with torch.no_grad():
         return reward_model.score({"input_ids": input_ids, "attention_mask": attention_mask})
 
 
-def _check_saved_tokenizer(folder: str, training_tokenizer, template, reward_token_id, is_internlm2: bool) -> None:
-    """The tokenizer that AutoTokenizer reloads must tokenise exactly as the training one did."""
-    from transformers import AutoTokenizer
-
-    reloaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=is_internlm2)
-    expected = _verify_ids(training_tokenizer, template, reward_token_id)
-    got = _verify_ids(reloaded, reloaded.chat_template, reward_token_id)
-    for index, (want, have) in enumerate(zip(expected, got)):
-        if want != have:
-            raise ConversionError(
-                f"AutoTokenizer reloads the saved tokenizer as {type(reloaded).__name__}, which tokenises differently "
-                f"from the training tokenizer ({type(training_tokenizer).__name__}): verification conversation {index} "
-                f"gives {len(have)} tokens instead of {len(want)}. Train with the tokenizer class that matches the "
-                "model type, or export with --no-verify and ship your own tokenizer."
-            )
+def _client_texts(tokenizer) -> list[str]:
+    """The verification conversations as clients render them: the folder's template, no generation prompt."""
+    return [tokenizer.apply_chat_template(chat, tokenize=False) for chat in VERIFY_CONVERSATIONS]
 
 
-def _scores_of_export(folder: str, is_internlm2: bool, dtype, reward_token_id) -> torch.Tensor:
-    """Load the folder fresh through transformers' Auto classes and score the same conversations."""
+def _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected: list[list[int]], reward_token_id) -> None:
+    """The reloaded tokenizer must give the training ids, by rmtrain's rule and the way clients tokenise."""
+    got = {"rmtrain's rule": _verify_ids(tokenizer, tokenizer.chat_template, reward_token_id)}
+    for add_special_tokens in (False, True):
+        encoded = tokenizer(_client_texts(tokenizer), add_special_tokens=add_special_tokens)["input_ids"]
+        got[f"the chat template's text tokenised with add_special_tokens={add_special_tokens}"] = encoded
+    for how, ids in got.items():
+        for index, (want, have) in enumerate(zip(expected, ids)):
+            if list(want) != list(have):
+                raise ConversionError(
+                    f"AutoTokenizer reloads the saved tokenizer as {type(tokenizer).__name__}, which tokenises "
+                    f"differently from the training tokenizer ({training_tokenizer_class.__name__}) by {how}: "
+                    f"verification conversation {index} gives {len(have)} tokens instead of {len(want)} (starts "
+                    f"{list(have)[:4]}, ends {list(have)[-4:]}; training: starts {list(want)[:4]}, ends "
+                    f"{list(want)[-4:]}). Train with the tokenizer class that matches the model type, or export "
+                    "with --no-verify and ship your own tokenizer."
+                )
+
+
+def _load_export(folder: str, is_internlm2: bool, dtype):
+    """The folder fresh through transformers' Auto classes, as users load it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=is_internlm2)
     if is_internlm2:
-        # The folder's own code, as users load it: in this process rmtrain's registered InternLM2
-        # classes would otherwise take precedence over the folder's auto_map.
+        # The folder's own code: in this process rmtrain's registered InternLM2 classes would
+        # otherwise take precedence over the folder's auto_map.
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
         model_class = get_class_from_dynamic_module("modeling_internlm2.InternLM2ForRewardModel", folder)
-        model = model_class.from_pretrained(folder, dtype=dtype).eval()
-        return torch.tensor(model.get_scores(tokenizer, VERIFY_CONVERSATIONS), dtype=torch.float32)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval()
-    ids = _verify_ids(tokenizer, tokenizer.chat_template, reward_token_id)
-    # Pad with the exported pad token and let the model find each row's last real token itself.
-    input_ids, attention_mask = pad_sequences(ids, pad_token_id=model.config.pad_token_id)
+        return model_class.from_pretrained(folder, dtype=dtype).eval(), tokenizer
+    return AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval(), tokenizer
+
+
+def _scores_of_export(model, tokenizer, is_internlm2: bool, reward_token_id) -> dict[str, torch.Tensor]:
+    """The verification conversations scored by the reloaded folder: rmtrain's way and the clients' ways."""
     with torch.no_grad():
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        if is_internlm2:
+            ours = torch.tensor(model.get_scores(tokenizer, VERIFY_CONVERSATIONS), dtype=torch.float32)
+        else:
+            # Padded with the exported pad token: the model finds each row's last real token itself.
+            ids = _verify_ids(tokenizer, tokenizer.chat_template, reward_token_id)
+            input_ids, attention_mask = pad_sequences(ids, pad_token_id=model.config.pad_token_id)
+            ours = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        scores = {"rmtrain's rule": ours}
+        for add_special_tokens in (False, True):
+            batch = tokenizer(
+                _client_texts(tokenizer), add_special_tokens=add_special_tokens, padding=True, return_tensors="pt"
+            )
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            scores[f"clients' (add_special_tokens={add_special_tokens})"] = logits[:, 0].float()
+    return scores
+
+
+def _score_modules(model, is_internlm2: bool):
+    """(trunk, value head) of a reloaded export, for the shared scoring rule."""
+    return (model.model, model.v_head) if is_internlm2 else (model.base_model, model.score)
+
+
+def _validation_scores(cfg, model, is_internlm2: bool) -> tuple[list[float], str] | None:
+    """Scores of the config's validation pairs by the reloaded export, and a description; None without any."""
+    val_dataloader = cfg.get("val_dataloader")
+    if not val_dataloader or not val_dataloader.get("dataset"):
+        return None
+    # The pairs exactly as validation built them, one sequence per side (packing changes no score).
+    try:
+        pairs = build(dict(val_dataloader.dataset, use_varlen_attn=False))
+    except (RmtrainError, OSError, ValueError) as error:
+        print_log(
+            f"normalisation statistics not measured: the validation data could not be built ({error}); "
+            "measure them with `rmtrain eval SAVE_DIR DATA --write-stats`",
+            logger="current",
+            level=logging.WARNING,
+        )
+        return None
+    sequences = list(pairs.pairs["chosen_ids"]) + list(pairs.pairs["rejected_ids"])
+    trunk, head = _score_modules(model, is_internlm2)
+    device = next(trunk.parameters()).device
+    scores = [0.0] * len(sequences)
+    for batch in length_sorted_batches([len(seq) for seq in sequences], STATS_BATCH_SIZE):
+        for index, score in zip(batch, score_batch(trunk, head, [sequences[i] for i in batch], 0, device)):
+            scores[index] = score
+    return scores, f"the {len(pairs)} pairs of the training config's validation split ({pairs.summary['source']})"
 
 
 def convert_pth_to_hf(
@@ -205,16 +298,18 @@ def convert_pth_to_hf(
 
     inputs = scoring_inputs(cfg)
     tokenizer = build(cfg.train_dataloader.dataset.tokenizer)
+    training_tokenizer_class = type(tokenizer)
     template = resolve_chat_template(tokenizer, inputs.chat_template)
-    tokenizer.chat_template = template  # the export carries the template training used
     reward_token_id = inputs.reward_token_id
-    reference = _scores_of_training_model(reward_model, tokenizer, template, reward_token_id)
+    expected_ids = _verify_ids(tokenizer, template, reward_token_id)  # before the export changes the tokenizer
+    reference = _scores_of_training_model(reward_model, expected_ids)
 
     is_internlm2 = reward_model.model.config.model_type == "internlm2"
     if is_internlm2:
-        exported = _internlm2_reward_model(reward_model, reward_token_id)
+        exported = _internlm2_reward_model(reward_model, tokenizer, reward_token_id)
     else:
         exported = _sequence_classifier(reward_model, tokenizer, reward_token_id)
+    make_tokenizer_portable(tokenizer, template, reward_token_id)
     dtype = torch.float32 if fp32 else torch.bfloat16
     exported.to(dtype)
 
@@ -235,12 +330,21 @@ def convert_pth_to_hf(
     largest = None
     if verify:
         try:
-            largest = _verify(partial, tokenizer, template, reward_token_id, is_internlm2, dtype, reference, fp32)
+            largest, reloaded = _verify(
+                partial, training_tokenizer_class, expected_ids, reward_token_id, is_internlm2, dtype, reference, fp32
+            )
+            _write_validation_statistics(cfg, partial, reloaded, is_internlm2)
         except Exception as error:
             failed = save_dir.rstrip("/") + ".unverified"
             shutil.rmtree(failed, ignore_errors=True)
             os.replace(partial, failed)
             raise ConversionError(f"{error}; the unverified folder was left at {failed} for inspection") from error
+    else:
+        print_log(
+            "normalisation statistics not measured (--no-verify); measure them with "
+            f"`rmtrain eval {save_dir} DATA --write-stats`",
+            logger="current",
+        )
     if os.path.isdir(save_dir):
         shutil.rmtree(save_dir)
     os.replace(partial, save_dir)
@@ -248,21 +352,40 @@ def convert_pth_to_hf(
     return largest
 
 
-def _verify(folder, tokenizer, template, reward_token_id, is_internlm2, dtype, reference, fp32) -> float:
-    """Reload `folder` as users will and compare; raises ConversionError beyond the tolerance."""
-    _check_saved_tokenizer(folder, tokenizer, template, reward_token_id, is_internlm2)
-    exported_scores = _scores_of_export(folder, is_internlm2, dtype, reward_token_id)
-    largest = (exported_scores - reference).abs().max().item()
-    scale = max(1.0, reference.abs().max().item())
-    tolerance = FP32_TOLERANCE if fp32 else BF16_TOLERANCE * scale
+def _write_validation_statistics(cfg, folder: str, model, is_internlm2: bool) -> None:
+    """Score mean and std of the validation split by the verified export into config.json and README.md."""
+    measured = _validation_scores(cfg, model, is_internlm2)
+    if measured is None:
+        return
+    scores, description = measured
+    stats = measure_normalization(scores)
+    write_normalization(folder, stats, description)
     print_log(
-        f"verification: the folder reloaded through transformers scores {len(VERIFY_CONVERSATIONS)} "
-        f"conversations within {largest:.3g} of the training model (tolerance {tolerance:.3g}, "
-        f"{'fp32' if fp32 else 'bf16'})",
+        f"normalisation statistics: mean {stats.mean:.4g}, std {stats.std:.4g} of {len(scores)} scores of {description}, "
+        "written to config.json (mean, std, normalize_reward=false) and README.md",
         logger="current",
     )
-    if not largest <= tolerance:
-        raise ConversionError(
-            f"the exported model scores differ from the training model by {largest:.3g} (tolerance {tolerance:.3g})"
-        )
-    return largest
+
+
+def _verify(folder, training_tokenizer_class, expected_ids, reward_token_id, is_internlm2, dtype, reference, fp32):
+    """Reload `folder` as users will and compare; (largest difference, the reloaded model). ConversionError beyond the tolerance."""
+    model, tokenizer = _load_export(folder, is_internlm2, dtype)
+    _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected_ids, reward_token_id)
+    scale = max(1.0, reference.abs().max().item())
+    tolerance = FP32_TOLERANCE if fp32 else BF16_TOLERANCE * scale
+    largest = 0.0
+    for how, scores in _scores_of_export(model, tokenizer, is_internlm2, reward_token_id).items():
+        difference = (scores - reference).abs().max().item()
+        if not difference <= tolerance:
+            raise ConversionError(
+                f"the exported model scored {how} differs from the training model by {difference:.3g} "
+                f"(tolerance {tolerance:.3g})"
+            )
+        largest = max(largest, difference)
+    print_log(
+        f"verification: the folder reloaded through transformers scores {len(VERIFY_CONVERSATIONS)} conversations "
+        f"within {largest:.3g} of the training model, by rmtrain's rule and as clients do (chat template text, "
+        f"tokenised with and without special tokens) (tolerance {tolerance:.3g}, {'fp32' if fp32 else 'bf16'})",
+        logger="current",
+    )
+    return largest, model

@@ -13,6 +13,7 @@ on the same tokens it was trained on:
 5. An exported model's pad token is never a real sequence's last token (`ensure_distinct_pad_token`).
 """
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -124,8 +125,7 @@ def encode_conversation(
     BOS token is kept), and only a response that alone exceeds the budget is cut, from the right.
     """
     reward_token_id = reward_token_or_none(reward_token_id)
-    has_reward_token = reward_token_id is not None
-    budget = max_length - (1 if has_reward_token else 0)
+    budget = max_length - (1 if reward_token_id is not None else 0)
     full_text = render_chat(tokenizer, [*prompt, *response], chat_template)
     prompt_text = render_chat(tokenizer, prompt, chat_template, add_generation_prompt=True) if prompt else ""
     try:
@@ -147,9 +147,24 @@ def encode_conversation(
         response_cut = excess - prompt_cut
         if response_cut > 0:
             ids = ids[: len(ids) - response_cut]
-    if has_reward_token and (not ids or ids[-1] != reward_token_id):
+    return EncodedConversation(_end_with_reward_token(ids, reward_token_id), prompt_cut, response_cut)
+
+
+def _end_with_reward_token(ids: list[int], reward_token_id: int | None) -> list[int]:
+    """THE reward-token rule: append it unless it is already last (a portable template writes it)."""
+    if reward_token_id is not None and (not ids or ids[-1] != reward_token_id):
         ids.append(reward_token_id)
-    return EncodedConversation(ids, prompt_cut, response_cut)
+    return ids
+
+
+def encode_text(tokenizer, text: str, reward_token_id: int | None) -> list[int]:
+    """Token ids of a chat already rendered with the chat template (what PPO trainers send a reward server).
+
+    Tokenised without adding special tokens (the template wrote them); the reward token rule applies
+    as in `encode_conversation`. Nothing is cut: the text has no prompt/response boundary to cut at.
+    """
+    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    return _end_with_reward_token(ids, reward_token_or_none(reward_token_id))
 
 
 def pad_sequences(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,6 +235,23 @@ def score_sequences(trunk: torch.nn.Module, value_head: torch.nn.Module, batch: 
     return value_head(last.to(value_head.weight.dtype)).squeeze(-1).float()
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices of the sequences in batches of at most `batch_size`, longest first.
+
+    Similar lengths share a batch (little padding), and a batch that does not fit in memory shows at once.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def score_batch(trunk, value_head, sequences: list[list[int]], pad_token_id: int, device) -> list[float]:
+    """Scores of token id lists scored together: right-padded, the shared rule, no gradients."""
+    input_ids, attention_mask = pad_sequences(sequences, pad_token_id)
+    with torch.inference_mode():
+        batch = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        return score_sequences(trunk, value_head, batch).tolist()
+
+
 def check_reward_token(tokenizer, reward_token_id: int | None) -> None:
     """Fail before training on a reward token the tokenizer does not have, or one used as pad."""
     reward_token_id = reward_token_or_none(reward_token_id)
@@ -254,3 +286,64 @@ def ensure_distinct_pad_token(tokenizer, reward_token_id: int | None) -> bool:
         return False
     tokenizer.add_special_tokens({"pad_token": EXPORT_PAD_TOKEN})
     return True
+
+
+def portable_chat_template(template: str, reward_token: str | None) -> str:
+    """`template` that also writes the reward token after the last message of a conversation to score.
+
+    A conversation rendered without a generation prompt (how evaluators, PPO trainers and servers
+    render a chat to score) then ends with the reward token, once, whatever the number of turns;
+    prompts rendered for generation are unchanged. Without a reward token the template is unchanged.
+    """
+    if reward_token is None:
+        return template
+    ending = "{%- if not add_generation_prompt %}{{ " + json.dumps(reward_token) + " }}{%- endif %}"
+    return template if template.endswith(ending) else template + ending
+
+
+def _post_processor_without_added_tokens(post_processor):
+    """The tokenizers post-processor without the parts that add tokens (BOS/EOS templates), offsets kept."""
+    from tokenizers import processors
+
+    no_tokens = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
+    if post_processor is None:
+        return None
+    if isinstance(post_processor, processors.ByteLevel):
+        return post_processor
+    if isinstance(post_processor, processors.Sequence):
+        kept = [part for part in post_processor if isinstance(part, processors.ByteLevel)]
+        return kept[0] if len(kept) == 1 else processors.Sequence(kept) if kept else no_tokens
+    return no_tokens
+
+
+def make_tokenizer_portable(tokenizer, template: str, reward_token_id: int | None) -> None:
+    """Make an export's tokenizer produce the training ids in every standard client, in place.
+
+    - The reward token becomes an added (never split) token if it is not one yet, and the chat
+      template writes it at the end of a conversation (`portable_chat_template`).
+    - No automatic special tokens: the template writes BOS where the model wants one, so a client
+      that tokenises the rendered text with `add_special_tokens=True` (vLLM, SGLang, the
+      text-classification pipeline) gets the same ids as one that passes False (TRL, OpenRLHF).
+    Raises ConfigError when the reward token cannot be made an added token with its own id.
+    """
+    from tokenizers import AddedToken
+
+    reward_token_id = reward_token_or_none(reward_token_id)
+    reward_token = None
+    if reward_token_id is not None:
+        reward_token = tokenizer.convert_ids_to_tokens(reward_token_id)
+        if reward_token_id not in tokenizer.added_tokens_decoder:
+            tokenizer.add_tokens([AddedToken(reward_token, special=True, normalized=False)])
+            if tokenizer.convert_tokens_to_ids(reward_token) != reward_token_id:
+                raise ConfigError(
+                    f"reward_token_id={reward_token_id} ({reward_token!r}) is an ordinary vocabulary piece that cannot "
+                    "be made an added token with the same id; pick an unused special token of this tokenizer"
+                )
+    tokenizer.chat_template = portable_chat_template(template, reward_token)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # fast tokenizers: the post-processor adds BOS/EOS; saved in tokenizer.json
+        backend.post_processor = _post_processor_without_added_tokens(backend.post_processor)
+    else:  # slow tokenizers add them in code, switched by these flags
+        for flag in ("add_bos_token", "add_eos_token"):
+            if getattr(tokenizer, flag, False):
+                setattr(tokenizer, flag, False)

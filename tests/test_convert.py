@@ -156,9 +156,11 @@ def test_export_reloads_with_transformers_alone_and_scores_the_same(trained, tmp
         exported = model(input_ids=batch, attention_mask=mask).logits[:, 0]
     assert torch.allclose(exported, reference, atol=1e-5), (exported, reference)
 
-    # The text-classification pipeline on rendered text + reward token gives the same score.
-    scorer = pipeline("text-classification", model=str(out), function_to_apply="none")
-    text = tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False) + "<|reward|>"
+    # The text-classification pipeline on the rendered text (the template writes the reward token) gives
+    # the same score; problem_type "regression" means no sigmoid even without function_to_apply.
+    scorer = pipeline("text-classification", model=str(out))
+    text = tokenizer.apply_chat_template(CONVERSATIONS[0], tokenize=False)
+    assert text.endswith("<|reward|>")
     assert scorer(text)[0]["score"] == pytest.approx(reference[0].item(), abs=1e-5)
 
 

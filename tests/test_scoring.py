@@ -9,10 +9,20 @@ from rmtrain.scoring import (
     NAMED_CHAT_TEMPLATES,
     check_reward_token,
     encode_conversation,
+    encode_text,
+    length_sorted_batches,
+    make_tokenizer_portable,
     pad_sequences,
+    portable_chat_template,
     render_chat,
     resolve_chat_template,
     score_positions,
+)
+from style_tokenizers import (
+    LLAMA3_STYLE_REWARD_TOKEN_ID,
+    llama3_style_tokenizer,
+    qwen2_style_tokenizer,
+    smollm2_style_tokenizer,
 )
 
 REWARD = 3
@@ -249,3 +259,101 @@ def test_check_reward_token_is_pad(demo_tokenizer):
     with pytest.raises(ConfigError, match="reward_token_id=0") as info:
         check_reward_token(demo_tokenizer, 0)
     assert "pad" in str(info.value)
+
+
+# --- portable exports: the template writes the reward token, the tokenizer adds no special tokens --
+
+
+CHATS = [
+    [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello, how can I help?"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Red."},
+    ],
+    [
+        {"role": "user", "content": "Write river in capitals."},
+        {"role": "assistant", "content": "RIVER"},
+        {"role": "user", "content": "And stone?"},
+        {"role": "assistant", "content": "STONE"},
+    ],
+]
+
+
+def test_portable_template_ends_a_scored_chat_with_the_reward_token_once(demo_tokenizer):
+    template = portable_chat_template(DEMO_CHAT_TEMPLATE, "<|reward|>")
+    for chat in CHATS:
+        text = render_chat(demo_tokenizer, chat, template)
+        assert text == render_chat(demo_tokenizer, chat, DEMO_CHAT_TEMPLATE) + "<|reward|>"
+        assert text.count("<|reward|>") == 1
+        # A prompt rendered for generation is unchanged: no reward token before the answer.
+        prompt = render_chat(demo_tokenizer, chat[:-1], template, add_generation_prompt=True)
+        assert prompt == render_chat(demo_tokenizer, chat[:-1], DEMO_CHAT_TEMPLATE, add_generation_prompt=True)
+    assert portable_chat_template(template, "<|reward|>") == template  # exporting an export adds nothing
+    assert portable_chat_template(DEMO_CHAT_TEMPLATE, None) == DEMO_CHAT_TEMPLATE
+
+
+STYLES = {
+    "llama3": (llama3_style_tokenizer, LLAMA3_STYLE_REWARD_TOKEN_ID),
+    "qwen2": (qwen2_style_tokenizer, REWARD),
+    "smollm2": (smollm2_style_tokenizer, REWARD),
+}
+
+
+@pytest.mark.parametrize("with_reward_token", [True, False], ids=["reward_token", "no_reward_token"])
+@pytest.mark.parametrize("style", list(STYLES))
+def test_portable_tokenizer_gives_training_ids_to_every_client(tmp_path, style, with_reward_token):
+    from transformers import AutoTokenizer
+
+    build_tokenizer, reward_token_id = STYLES[style]
+    reward_token_id = reward_token_id if with_reward_token else None
+    tokenizer = build_tokenizer()
+    template = tokenizer.chat_template
+    training_ids = [
+        encode_conversation(tokenizer, c[:-1], c[-1:], 10**6, reward_token_id, template).input_ids for c in CHATS
+    ]
+    if style == "llama3":  # the problem being solved: BOS from the template and again from the tokenizer
+        text = tokenizer.apply_chat_template(CHATS[0], tokenize=False)
+        assert tokenizer(text)["input_ids"][:2] == [tokenizer.bos_token_id] * 2
+
+    make_tokenizer_portable(tokenizer, template, reward_token_id)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    texts = [reloaded.apply_chat_template(chat, tokenize=False) for chat in CHATS]
+    for add_special_tokens in (True, False):
+        assert reloaded(texts, add_special_tokens=add_special_tokens)["input_ids"] == training_ids
+    # rmtrain's own rule on the exported template appends nothing more.
+    again = [
+        encode_conversation(reloaded, c[:-1], c[-1:], 10**6, reward_token_id, reloaded.chat_template).input_ids
+        for c in CHATS
+    ]
+    assert again == training_ids
+    if with_reward_token:
+        assert all(ids[-1] == reward_token_id and ids.count(reward_token_id) == 1 for ids in training_ids)
+
+
+def test_an_ordinary_vocabulary_piece_as_reward_token_becomes_an_added_token(demo_tokenizer):
+    piece_id = 300
+    piece = demo_tokenizer.convert_ids_to_tokens(piece_id)
+    assert piece_id not in demo_tokenizer.added_tokens_decoder
+    make_tokenizer_portable(demo_tokenizer, DEMO_CHAT_TEMPLATE, piece_id)
+    assert piece_id in demo_tokenizer.added_tokens_decoder and len(demo_tokenizer) == 1024
+    text = demo_tokenizer.apply_chat_template(CHATS[0], tokenize=False)
+    assert text.endswith(piece)
+    assert demo_tokenizer(text)["input_ids"][-1] == piece_id
+
+
+def test_encode_text_appends_the_reward_token_unless_last(demo_tokenizer):
+    text = render_chat(demo_tokenizer, CHATS[0], DEMO_CHAT_TEMPLATE)
+    ids = demo_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert encode_text(demo_tokenizer, text, REWARD) == ids + [REWARD]
+    assert encode_text(demo_tokenizer, text + "<|reward|>", REWARD) == ids + [REWARD]
+    assert encode_text(demo_tokenizer, text, None) == ids
+    assert encode_text(demo_tokenizer, text, -1) == ids
+
+
+def test_length_sorted_batches():
+    assert length_sorted_batches([3, 9, 1, 7, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert length_sorted_batches([], 4) == []

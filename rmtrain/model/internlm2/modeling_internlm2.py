@@ -429,7 +429,7 @@ class InternLM2ForRewardModel(InternLM2PreTrainedModel):
     """The trunk (`model`) and a scalar value head (`v_head`), read at each row's last attended token.
 
     Conversations are scored as `tokenizer.apply_chat_template(...)` text, encoded without special
-    tokens, with `config.reward_token_id` appended once.
+    tokens, with `config.reward_token_id` (when the model has one) appended unless the template wrote it.
     """
 
     def __init__(self, config):
@@ -469,12 +469,10 @@ class InternLM2ForRewardModel(InternLM2PreTrainedModel):
     # ---- scoring conversations ----------------------------------------------------------------
 
     def _encode(self, tokenizer, conversation):
-        reward_token_id = self.config.reward_token_id
-        if reward_token_id is None:
-            raise ValueError("config.reward_token_id is not set; it is needed to score conversations")
+        reward_token_id = getattr(self.config, "reward_token_id", None)
         text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
         ids = list(tokenizer.encode(text, add_special_tokens=False))
-        if not ids or ids[-1] != reward_token_id:
+        if reward_token_id is not None and (not ids or ids[-1] != reward_token_id):
             ids.append(reward_token_id)
         return ids
 
