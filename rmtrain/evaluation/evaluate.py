@@ -9,7 +9,6 @@ compute the metrics and write the report.
 import os
 
 import datasets
-import torch
 
 from rmtrain.data.loading import load_records
 from rmtrain.data.preference_dataset import PreferenceDataset, build_preference_dataset
@@ -17,8 +16,9 @@ from rmtrain.errors import ConfigError, DataError, RmtrainError
 from rmtrain.evaluation.models import RewardModelSource, default_device_and_dtype
 from rmtrain.evaluation.report import write_pair_rows, write_summary
 from rmtrain.metrics import preference_metrics
+from rmtrain.normalization import measure_normalization, require_normalization, write_normalization
 from rmtrain.progress import progress
-from rmtrain.scoring import pad_sequences, score_sequences
+from rmtrain.scoring import length_sorted_batches, score_batch
 
 SUBSET_FIELDS = ("subset", "category", "source")  # the first one a record set has labels the per-subset table
 DATA_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -70,17 +70,12 @@ def score_pairs(
     scores do not depend on the batch size or the padding (the rule reads the last real token).
     """
     chosen_ids, rejected_ids = list(pairs.pairs["chosen_ids"]), list(pairs.pairs["rejected_ids"])
-    # Longest pairs first: similar lengths share a batch (less padding), and running out of memory shows at once.
-    order = sorted(range(len(chosen_ids)), key=lambda i: -max(len(chosen_ids[i]), len(rejected_ids[i])))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    chosen, rejected = [0.0] * len(order), [0.0] * len(order)
-    for batch in progress(batches, desc=f"score {len(order)} pairs in batches of {batch_size}"):
+    lengths = [max(len(c), len(r)) for c, r in zip(chosen_ids, rejected_ids)]
+    chosen, rejected = [0.0] * len(lengths), [0.0] * len(lengths)
+    batches = length_sorted_batches(lengths, batch_size)
+    for batch in progress(batches, desc=f"score {len(lengths)} pairs in batches of {batch_size}"):
         sequences = [chosen_ids[i] for i in batch] + [rejected_ids[i] for i in batch]
-        input_ids, attention_mask = pad_sequences(sequences, pad_token_id)
-        with torch.inference_mode():
-            scores = score_sequences(
-                trunk, value_head, {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-            ).tolist()
+        scores = score_batch(trunk, value_head, sequences, pad_token_id, device)
         for row, index in enumerate(batch):
             chosen[index], rejected[index] = scores[row], scores[len(batch) + row]
     return chosen, rejected
@@ -111,6 +106,8 @@ def evaluate_reward_model(
     out: str | None = None,
     chat_template: str | None = None,
     skip_bad_records: bool = False,
+    normalize: bool = False,
+    write_stats: bool = False,
 ) -> dict:
     """Score every pair of `data` with `model` and return the summary (see `preference_metrics` for its metrics).
 
@@ -119,12 +116,18 @@ def evaluate_reward_model(
     training one (see `RewardModelSource`). `out`: write one JSON line per pair there and the
     summary to `report.summary_path(out)`. `chat_template`: override the model's template.
     `skip_bad_records`: drop (and count) records the map function cannot read instead of stopping.
+    `normalize`: report `(score - mean) / std` with the statistics in the folder's config.json.
+    `write_stats`: measure those statistics on `data` (raw scores) and write them into the folder.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     data_cfg = data_file_config(data)
     records = load_raw_records(data_cfg)  # a missing or unreadable file fails before any model is loaded
     source = RewardModelSource(model, config)
+    if (normalize or write_stats) and source.is_checkpoint:
+        flag = "--normalize" if normalize else "--write-stats"
+        raise ConfigError(f"{flag} needs a folder from `rmtrain convert pth_to_hf`; {model} is a training checkpoint")
+    normalization = require_normalization(model) if normalize and not write_stats else None
     encoding = source.encoding()
     max_length_from = "--max-length" if max_length else encoding.max_length_from
     max_length = max_length or encoding.max_length
@@ -147,6 +150,14 @@ def evaluate_reward_model(
     trunk, value_head, model_class = source.score_modules(device, dtype)
     pad_token_id = encoding.tokenizer.pad_token_id if encoding.tokenizer.pad_token_id is not None else 0
     chosen, rejected = score_pairs(trunk, value_head, pairs, batch_size, pad_token_id, device)
+    stats_written = None
+    if write_stats:
+        stats = measure_normalization(chosen + rejected)
+        write_normalization(model, stats, f"the {len(chosen)} pairs of {data}")
+        stats_written = stats.as_dict()
+        normalization = stats if normalize else None
+    if normalization is not None:
+        chosen, rejected = normalization.apply(chosen), normalization.apply(rejected)
 
     summary = {
         "model": model,
@@ -162,6 +173,8 @@ def evaluate_reward_model(
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "subset_field": subset_field,
+        "normalization": normalization.as_dict() if normalization is not None else None,
+        "stats_written": stats_written,
         **preference_metrics(chosen, rejected, subsets),
         "out": out,
     }

@@ -60,6 +60,18 @@ def summary_table(summary: dict) -> str:
         ),
         "",
     ]
+    if summary.get("normalization"):
+        norm = summary["normalization"]
+        lines.insert(
+            -1, f"scores    normalised: (score - {norm['mean']:.4g}) / {norm['std']:.4g} (config.json mean, std)"
+        )
+    if summary.get("stats_written"):
+        stats = summary["stats_written"]
+        lines.insert(
+            -1,
+            f"stats     mean {stats['mean']:.4g}, std {stats['std']:.4g} of the raw scores written to "
+            f"{summary['model']}/config.json and README.md",
+        )
     if summary["subsets"]:
         lines += [f"per '{summary['subset_field']}':", *_subset_lines(summary), ""]
     lines += _distribution_lines(summary)
