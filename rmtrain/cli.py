@@ -103,8 +103,39 @@ def _eval(args) -> int:
         out=args.out,
         chat_template=args.chat_template,
         skip_bad_records=args.skip_bad_records,
+        normalize=args.normalize,
+        write_stats=args.write_stats,
     )
     print(summary_table(summary))
+    return 0
+
+
+def _serve(args) -> int:
+    import os
+
+    if args.config:
+        from rmtrain.recipes import resolve_config
+
+        resolve_config(args.config)  # a wrong name fails at once
+    from rmtrain.serve import API_KEY_ENV, ServeLimits, serve
+
+    limits = ServeLimits(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_request_items=args.max_request_items,
+        max_request_bytes=args.max_request_bytes,
+    )
+    serve(
+        args.model,
+        config=args.config,
+        host=args.host,
+        port=args.port,
+        max_length=args.max_length,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV),
+        normalize=args.normalize,
+        limits=limits,
+    )
     return 0
 
 
@@ -196,7 +227,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip-bad-records", action="store_true", help="drop and count records the map function cannot read"
     )
+    p.add_argument(
+        "--write-stats",
+        action="store_true",
+        help="write the score mean and std on DATA into the folder's config.json (as OpenRLHF reads them) and README",
+    )
+    p.add_argument(
+        "--normalize", action="store_true", help="report (score - mean) / std with the folder's config.json statistics"
+    )
     p.set_defaults(func=_eval)
+
+    p = verbs.add_parser("serve", help="an HTTP reward server (OpenRLHF's /get_reward, /score for chats, /health)")
+    p.add_argument("model", help="a folder from `rmtrain convert pth_to_hf`, or a checkpoint with --config")
+    p.add_argument("--config", help="the training config (needed for a checkpoint; gives max_length)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its batch (5)"
+    )
+    p.add_argument("--max-queue", type=int, default=1024, help="sequences queued at most; beyond, 503 (default 1024)")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (default: the training config's, else 2048)")
+    p.add_argument("--max-request-items", type=int, default=256, help="texts or conversations per request (256)")
+    p.add_argument(
+        "--max-request-bytes", type=int, default=16 * 1024 * 1024, help="request body size limit (default 16 MiB)"
+    )
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $RMTRAIN_API_KEY, else none)")
+    p.add_argument(
+        "--normalize", action="store_true", help="return (score - mean) / std with the folder's config.json statistics"
+    )
+    p.set_defaults(func=_serve)
     return parser
 
 
