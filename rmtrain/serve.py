@@ -132,19 +132,20 @@ class RewardScorer:
     def score(self, sequences: list[list[int]]) -> list[float]:
         return score_batch(self.trunk, self.value_head, sequences, self.pad_token_id, self.device)
 
-    def finish(self, scores: list[float], normalize: bool | None) -> tuple[list[float], bool]:
-        """The scores to return, normalised when asked (per request, else the server's default)."""
+    def wants_normalized(self, normalize: bool | None) -> bool:
+        """Whether to normalise (the request's choice, else the server's default); checked before scoring."""
         normalize = self.normalize_by_default if normalize is None else normalize
-        if not normalize:
-            return scores, False
-        if self.normalization is None:
+        if normalize and self.normalization is None:
             raise RequestError(
                 422,
                 "normalize",
                 f"this model has no normalisation statistics (mean, std in {self.model}/config.json); "
                 f"measure them with `rmtrain eval {self.model} DATA --write-stats`",
             )
-        return self.normalization.apply(scores), True
+        return normalize
+
+    def finish(self, scores: list[float], normalize: bool) -> list[float]:
+        return self.normalization.apply(scores) if normalize else scores
 
 
 # ---- dynamic batching ----------------------------------------------------------------------------
@@ -385,19 +386,19 @@ def build_app(scorer: RewardScorer, limits: ServeLimits, api_key: str | None):
         check_api_key(request)
         body = await read_json(request)
         texts = parse_texts(body, limits.max_request_items)
-        normalize = _normalize_field(body)
-        scores, normalized = scorer.finish(await scores_of(scorer.encode_texts(texts)), normalize)
-        return {"rewards": scores, "scores": scores, "normalized": normalized}
+        normalize = scorer.wants_normalized(_normalize_field(body))
+        scores = scorer.finish(await scores_of(scorer.encode_texts(texts)), normalize)
+        return {"rewards": scores, "scores": scores, "normalized": normalize}
 
     @app.post("/score")
     async def score(request: Request):
         check_api_key(request)
         body = await read_json(request)
         conversations = parse_conversations(body, limits.max_request_items)
-        normalize = _normalize_field(body)
+        normalize = scorer.wants_normalized(_normalize_field(body))
         sequences, truncated = scorer.encode_conversations(conversations)
-        scores, normalized = scorer.finish(await scores_of(sequences), normalize)
-        return {"scores": scores, "normalized": normalized, "truncated": truncated}
+        scores = scorer.finish(await scores_of(sequences), normalize)
+        return {"scores": scores, "normalized": normalize, "truncated": truncated}
 
     return app
 
