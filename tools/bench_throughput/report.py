@@ -1,0 +1,180 @@
+"""Tables, checks and docs/benchmarks.md from the arms' results."""
+
+from pathlib import Path
+
+from .settings import ALL_ARMS, ARM_TITLES
+
+
+def _fmt_ratio(a: dict | None, b: dict | None) -> str:
+    if not a or not b or not a.get("ok") or not b.get("ok"):
+        return "n/a"
+    return f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x"
+
+
+def format_table(results: dict, markdown: bool) -> list[str]:
+    header = [
+        "arm",
+        "real tokens/s",
+        "padded fraction",
+        "peak MiB",
+        "mean pairs/step",
+        "tokens/seq",
+        "s/step",
+        "median s/step",
+    ]
+    rows = []
+    for arm in ALL_ARMS:
+        r = results.get(arm)
+        if r is None:
+            continue
+        if r.get("ok"):
+            rows.append([
+                ARM_TITLES[arm], f"{r['tokens_per_s']:,.0f}", f"{r['padded_fraction']:.1%}", f"{r['peak_rss_mib']:,.0f}",
+                f"{r['mean_pairs_per_step']:.2f}", f"{r['tokens_per_seq']:.0f}", f"{r['step_s']:.2f}",
+                f"{r['step_s_median']:.2f}",
+            ])  # fmt: skip
+        else:
+            error = r.get("error", "failed").replace("|", "/").replace("\n", " ")
+            peak = f"{r['peak_rss_mib']:,.0f}" if "peak_rss_mib" in r else ""
+            rows.append([ARM_TITLES[arm], f"failed: {error[:160]}", "", peak, "", "", "", ""])
+    lines = []
+    if markdown:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [
+            max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i]) for i in range(len(header))
+        ]
+
+        def fmt(row: list[str]) -> str:
+            return "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+
+        lines.append(fmt(header))
+        lines += [fmt(row) for row in rows]
+    ratios = [
+        f"rmtrain packed / TRL: {_fmt_ratio(results.get('rmtrain_packed'), results.get('trl'))}",
+        f"rmtrain packed / ceiling: {_fmt_ratio(results.get('rmtrain_packed'), results.get('ceiling'))}",
+        f"rmtrain padded / TRL: {_fmt_ratio(results.get('rmtrain_padded'), results.get('trl'))}",
+    ]
+    if "trl_grouped" in results:
+        ratios.append(f"rmtrain padded / TRL + group_by_length: "
+                      f"{_fmt_ratio(results.get('rmtrain_padded'), results.get('trl_grouped'))}")  # fmt: skip
+    lines.append("")
+    lines.append(("Ratios of real tokens/s: " if markdown else "ratios (real tokens/s): ") + "; ".join(ratios))
+    return lines
+
+
+def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, command: str) -> None:
+    lines = [
+        "# Training throughput: rmtrain against TRL and the bare model",
+        "",
+        "Written by `python -m tools.bench_throughput --write-docs`; re-run the command below to reproduce.",
+        "",
+        "Four arms train the same random-init Llama reward model on the same tokenised pairs:",
+        "",
+        "- **rmtrain packed**: `rmtrain train` with `use_varlen_attn=True`; whole pairs packed into bins of at most",
+        "  `max_packed_length` tokens (chosen so that a bin holds about P pairs), one bin per optimizer step, no padding.",
+        "- **rmtrain padded**: the same config with `use_varlen_attn=False`, P pairs per step, right-padded batches",
+        "  of similar length (`LengthGroupedSampler`).",
+        "- **TRL RewardTrainer** (trl {trl}): `LlamaForSequenceClassification(num_labels=1)`, P pairs per step,".format(
+            **info
+        ),
+        "  given the same token ids (pre-tokenised `chosen_ids` / `rejected_ids`), TRL's collator and random batches.",
+        "- **ceiling**: the bare model's forward + backward + AdamW step on fixed-shape `[2P, L]` batches of real",
+        "  tokens cut from the same data (L = the mean sequence length), same value head and loss, no data pipeline.",
+        "- **TRL + group_by_length** (only when run with `--arms ...,trl_grouped`): TRL with transformers'",
+        "  length-grouped sampler instead of random batches.",
+        "",
+        "Shared: tokenizer (byte-level BPE, vocab {vocab}, trained on the two data sets, ChatML template, a pad",
+        "and a reward token), weights, `max_length` {max_length}, AdamW (lr {lr}, constant, clip 1.0), {precision},",
+        "{threads} torch threads, no gradient checkpointing, no evaluation, no checkpoint saving, no external logging,",
+        "no reward centering, TRL's fused AdamW replaced by `torch.optim.AdamW`. Each arm runs in its own process.",
+        "",
+        "Real tokens/s counts non-pad tokens over optimizer steps {first}..{last} (the first {warmup} steps,",
+        "model build and data tokenising are excluded). Padded fraction = pad slots / all token slots. Peak MiB is the",
+        "maximum RSS of the arm's process (imports, data and model included). tokens/seq is the mean real length of",
+        "the sequences trained in the window: arms draw different pairs, so it shows how comparable the windows are.",
+        "A median s/step far from the mean s/step means the window was disturbed (other load) or uneven.",
+        "",
+    ]
+    lines = [
+        line.format(
+            vocab=settings["vocab_size"], max_length=settings["max_length"], lr=settings["lr"],
+            precision=info["precision"], threads=info["threads"], first=settings["warmup"] + 1,
+            last=settings["warmup"] + settings["steps"], warmup=settings["warmup"],
+        ) if "{" in line else line
+        for line in lines
+    ]  # fmt: skip
+    for entry in all_results:
+        lines.append(f"## {entry['size']} model ({entry['params'] / 1e6:.1f}M parameters), {entry['dataset']}")
+        lines.append("")
+        lines.append(
+            f"{entry['pairs']} pairs, {entry['tokens']:,} tokens (mean pair {entry['tokens'] / entry['pairs']:.0f}); "
+            f"P = {settings['pairs_per_step']} pairs per step; max_packed_length = {entry['max_packed_length']} "
+            f"({entry['bin_pairs']:.2f} pairs per bin over the whole data set)."
+        )
+        lines.append("")
+        lines += format_table(entry["results"], markdown=True)
+        for key in ("token_check", "settings_check"):
+            if entry.get(key):
+                lines += ["", entry[key]]
+        lines.append("")
+    lines += [
+        "## Machine",
+        "",
+        f"- CPU: {info['cpu']}, {info['cores']} cores; {info['threads']} torch threads per arm",
+        (
+            f"- Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, "
+            f"trl {info['trl']}, mmengine {info['mmengine']}"
+        ),
+        f"- Precision: {info['precision']}",
+        "",
+        "## Command",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def settings_check(results: dict) -> str:
+    """What each arm actually ran with, read back from the trainer objects after training."""
+    parts = []
+    for arm in ALL_ARMS:
+        checks = (results.get(arm) or {}).get("checks")
+        if checks:
+            parts.append(
+                f"{ARM_TITLES[arm]}: autocast {checks['autocast']}, activation checkpointing "
+                f"{'ON' if checks['grad_checkpointing'] else 'off'}, {checks['optimizer']}, {checks['threads']} threads, "
+                f"attention {checks['attention']}"
+                + (f", rows of {checks['row_len']} tokens" if "row_len" in checks else "")
+            )
+    loads = ", ".join(f"{ARM_TITLES[arm]} {r['load_before']:.1f}" for arm, r in results.items() if "load_before" in r)
+    return ("Settings read back: " + "; ".join(parts) + "." if parts else "") + (
+        f" Load average (1 min) when each arm started: {loads}." if loads else ""
+    )
+
+
+def token_check(results: dict, reference: dict) -> str:
+    """Every arm must train on the same token sequences: same count, same pairs, same fingerprint."""
+    expected = (reference["tokens"], reference["pairs"], reference["digest"])
+    seen = {
+        arm: (r.get("dataset_tokens"), r.get("dataset_pairs"), r.get("token_digest"))
+        for arm, r in results.items() if r.get("ok")
+    }  # fmt: skip
+    mismatched = {arm: v for arm, v in seen.items() if v != expected}
+    if mismatched:
+        return (
+            f"Token check FAILED: reference {reference['tokens']} tokens in {reference['pairs']} pairs "
+            f"(fingerprint {reference['digest']}); "
+            + ", ".join(f"{ARM_TITLES[arm]}: {t} tokens in {p} pairs ({d})" for arm, (t, p, d) in mismatched.items())
+        )
+    return (
+        f"Token check: every arm that ran ({', '.join(ARM_TITLES[arm] for arm in seen)}) trained on the same "
+        f"{reference['tokens']:,} tokens in {reference['pairs']} pairs (identical token ids, fingerprint "
+        f"{reference['digest']})."
+    )
