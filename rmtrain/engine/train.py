@@ -24,7 +24,7 @@ from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, worl
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
-from rmtrain.engine.validation import check_validation_config
+from rmtrain.engine.validation import check_validation_config, validation_loop_config
 from rmtrain.errors import ConfigError
 
 
@@ -164,7 +164,7 @@ def train(
         validation = dict(
             val_dataloader=dict(cfg.val_dataloader, dataset=val_dataset),
             val_evaluator=cfg.val_evaluator,
-            val_cfg=cfg.val_cfg,
+            val_cfg=validation_loop_config(cfg.val_cfg),
         )
 
     runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed)
