@@ -24,6 +24,7 @@ from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, worl
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
+from rmtrain.engine.memory import check_gpu_memory
 from rmtrain.engine.validation import check_validation_config, validation_loop_config
 from rmtrain.errors import ConfigError
 
@@ -127,6 +128,8 @@ def train(
     cfg = load_config(config, cfg_options)
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
     os.makedirs(work_dir, exist_ok=True)
+    if torch.cuda.is_available():  # a launch that cannot hold the model states fails now, not at the first step
+        check_gpu_memory(cfg, deepspeed, world_size(), _warn)
 
     resume_from = find_resume_checkpoint(resume, work_dir)
     _check_resume_kind(resume_from, deepspeed)
