@@ -48,3 +48,28 @@ def test_a_task_that_sees_every_gpu_of_the_node_drives_its_local_id(monkeypatch)
 def test_cuda_device_index(monkeypatch, local_rank, visible, index):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     assert launch.cuda_device_index(local_rank) == index
+
+
+def test_objects_are_shared_over_gloo_when_the_default_backend_is_nccl(monkeypatch):
+    from rmtrain.engine import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{launch.free_port()}", rank=0, world_size=1)
+    try:
+        groups, broadcasts = [], []
+        real_new_group, real_broadcast = dist.new_group, dist.broadcast_object_list
+        monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+        monkeypatch.setattr(
+            dist, "new_group", lambda **kwargs: groups.append(kwargs) or real_new_group(backend=kwargs["backend"])
+        )
+
+        def recording_broadcast(objects, src=0, group=None, **kwargs):
+            broadcasts.append(group)
+            return real_broadcast(objects, src=src, group=group, **kwargs)
+
+        monkeypatch.setattr(dist, "broadcast_object_list", recording_broadcast)
+        assert distributed.on_rank0_then_share(lambda: {"pairs": 3}) == {"pairs": 3}
+        assert distributed.on_rank0_then_share(lambda: 7) == 7
+        assert groups == [{"backend": "gloo"}]  # made once, then reused
+        assert len(broadcasts) == 2 and broadcasts[0] is not None and broadcasts[0] is broadcasts[1]
+    finally:
+        dist.destroy_process_group()
