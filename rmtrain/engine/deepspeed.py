@@ -15,6 +15,7 @@ one file (the rmtrain config) decides how the model trains.
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from rmtrain.errors import ConfigError
@@ -130,3 +131,41 @@ def deepspeed_runner_kwargs(name_or_path: str, cfg, world_size: int) -> dict:
         strategy=dict(type=DeepSpeedStrategy, config=deepspeed_config(name_or_path, cfg, world_size)),
         optim_wrapper=optim_wrapper,
     )
+
+
+@contextmanager
+def zero3_construction(config: dict):
+    """Under ZeRO-3, build the model so that each rank holds only its partition of the weights.
+
+    While an `HfDeepSpeedConfig` of a stage-3 config lives, transformers builds models
+    (`from_pretrained`, `from_config`) under `deepspeed.zero.Init` and loads pretrained weights
+    straight into the partitions, instead of every GPU holding the full model before DeepSpeed
+    partitions it. Modules built otherwise (the value head, a trunk built from its class) are
+    partitioned by DeepSpeed when it takes the model over; `match_partitioned_dtype` first gives them
+    the dtype zero.Init gave the rest. Other stages: nothing changes.
+    """
+    if int((config.get("zero_optimization") or {}).get("stage", 0)) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    hf_config = HfDeepSpeedConfig(config)  # transformers keeps a weak reference: hold it while building
+    try:
+        yield hf_config
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def match_partitioned_dtype(model) -> None:
+    """Parameters built outside zero.Init, cast to the bf16/fp16 that zero.Init gave the partitioned ones.
+
+    DeepSpeed's ZeRO-3 optimizer lays all of a rank's partitions in one buffer of a single dtype.
+    """
+
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return
+    dtype = partitioned[0].dtype
+    for param in model.parameters():
+        if not hasattr(param, "ds_id") and param.dtype != dtype:
+            param.data = param.data.to(dtype)
