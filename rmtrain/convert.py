@@ -28,6 +28,7 @@ from mmengine.logging import print_log
 from rmtrain.builder import build
 from rmtrain.checkpoints import load_model_weights, read_model_state_dict
 from rmtrain.config import load_config, scoring_inputs
+from rmtrain.engine.precision import autocast_context
 from rmtrain.errors import RmtrainError
 from rmtrain.normalization import measure_normalization, write_normalization
 from rmtrain.scoring import (
@@ -228,8 +229,13 @@ def _load_export(folder: str, is_internlm2: bool, dtype):
 
 
 def _scores_of_export(model, tokenizer, is_internlm2: bool, reward_token_id) -> dict[str, torch.Tensor]:
-    """The verification conversations scored by the reloaded folder: rmtrain's way and the clients' ways."""
-    with torch.no_grad():
+    """The verification conversations scored by the reloaded folder: rmtrain's way and the clients' ways.
+
+    Under autocast in the folder's dtype, as `rmtrain eval` scores it (the training model's reference
+    scores are fp32, the most exact ones).
+    """
+    parameter = next(model.parameters())
+    with torch.no_grad(), autocast_context(parameter.device.type, parameter.dtype):
         if is_internlm2:
             ours = torch.tensor(model.get_scores(tokenizer, VERIFY_CONVERSATIONS), dtype=torch.float32)
         else:
@@ -270,10 +276,12 @@ def _validation_scores(cfg, model, is_internlm2: bool) -> tuple[list[float], str
         return None
     sequences = list(pairs.pairs["chosen_ids"]) + list(pairs.pairs["rejected_ids"])
     trunk, head = _score_modules(model, is_internlm2)
-    device = next(trunk.parameters()).device
+    parameter = next(trunk.parameters())
     scores = [0.0] * len(sequences)
     for batch in length_sorted_batches([len(seq) for seq in sequences], STATS_BATCH_SIZE):
-        for index, score in zip(batch, score_batch(trunk, head, [sequences[i] for i in batch], 0, device)):
+        with autocast_context(parameter.device.type, parameter.dtype):  # as `rmtrain eval` scores
+            batch_scores = score_batch(trunk, head, [sequences[i] for i in batch], 0, parameter.device)
+        for index, score in zip(batch, batch_scores):
             scores[index] = score
     return scores, f"the {len(pairs)} pairs of the training config's validation split ({pairs.summary['source']})"
 

@@ -191,8 +191,10 @@ def pack_sequences(sequences: list[list[int]]) -> dict:
     """Concatenate id lists into one padding-free row.
 
     Returns `input_ids` and `position_ids` [1, total] (positions restart at 0 for every sequence),
-    `cu_seq_lens` [n + 1] (int32 offsets of the sequence starts, then the total) and
-    `max_seq_len`. No attention mask: the sequence boundaries are in the position ids and offsets.
+    `cu_seq_lens` [n + 1] (int32 offsets of the sequence starts, then the total), the same offsets
+    as `sequence_bounds` (a tuple of ints, so attention reads them on the host without a
+    device-to-host copy) and `max_seq_len`. No attention mask: the sequence boundaries are in the
+    position ids and offsets.
     """
     lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.int32)
     cu_seq_lens = torch.zeros(len(sequences) + 1, dtype=torch.int32)
@@ -201,6 +203,7 @@ def pack_sequences(sequences: list[list[int]]) -> dict:
         "input_ids": torch.tensor([token for seq in sequences for token in seq], dtype=torch.long)[None],
         "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
         "cu_seq_lens": cu_seq_lens,
+        "sequence_bounds": tuple(cu_seq_lens.tolist()),
         "max_seq_len": int(lengths.max()),
     }
 
@@ -225,6 +228,7 @@ def score_sequences(trunk: torch.nn.Module, value_head: torch.nn.Module, batch: 
             cu_seq_lens_k=cu_seq_lens,
             max_length_q=batch["max_seq_len"],
             max_length_k=batch["max_seq_len"],
+            **({"sequence_bounds": batch["sequence_bounds"]} if "sequence_bounds" in batch else {}),
         ).last_hidden_state
         last = hidden[0, cu_seq_lens[1:].long() - 1]
     else:

@@ -2,8 +2,15 @@
 
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.log_processor import RewardLogProcessor
-from rmtrain.engine.loops import TrainLoop
+from rmtrain.engine.loops import TrainLoop, ValLoop
 from rmtrain.engine.precision import AutocastOptimWrapper
 from rmtrain.engine.schedulers import LinearWarmupLR
 
-__all__ = ["AutocastOptimWrapper", "LinearWarmupLR", "GradientAccumulationStateHook", "RewardLogProcessor", "TrainLoop"]
+__all__ = [
+    "AutocastOptimWrapper",
+    "LinearWarmupLR",
+    "GradientAccumulationStateHook",
+    "RewardLogProcessor",
+    "TrainLoop",
+    "ValLoop",
+]

@@ -6,8 +6,8 @@ that the rmtrain config already has to "auto"; they are filled in from the confi
   gradient_accumulation_steps     <- optim_wrapper.accumulative_counts
   train_micro_batch_size_per_gpu  <- train_dataloader.batch_size
   gradient_clipping               <- optim_wrapper.clip_grad.max_norm (0: none)
-  bf16.enabled                    <- optim_wrapper.dtype / mixed_precision, where the device has bf16
-  fp16.enabled                    <- off (rmtrain trains in bf16 or fp32)
+  bf16.enabled, fp16.enabled      <- optim_wrapper.dtype / mixed_precision, resolved for the device as
+                                     in training without DeepSpeed (`rmtrain.engine.precision`)
 
 A concrete JSON value that disagrees with the rmtrain config is replaced, with a warning, so that
 one file (the rmtrain config) decides how the model trains.
@@ -15,6 +15,7 @@ one file (the rmtrain config) decides how the model trains.
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from rmtrain.errors import ConfigError
@@ -81,14 +82,13 @@ def _auto_left(node, prefix="") -> list[str]:
     return [prefix.rstrip(".")] if node == "auto" else []
 
 
-def _bf16_wanted(cfg) -> bool:
+def _forward_dtype(cfg):
     import torch
 
-    from rmtrain.engine.precision import bf16_supported
+    from rmtrain.engine.precision import resolve_precision
 
-    dtype = cfg.optim_wrapper.get("dtype", cfg.get("mixed_precision", "auto"))
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    return dtype == "bfloat16" or (dtype == "auto" and bf16_supported(device_type))
+    precision = cfg.optim_wrapper.get("dtype", cfg.get("mixed_precision", "auto"))
+    return resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def deepspeed_config(name_or_path: str, cfg, world_size: int) -> dict:
@@ -103,8 +103,9 @@ def deepspeed_config(name_or_path: str, cfg, world_size: int) -> dict:
     _settle(config, "gradient_accumulation_steps", accumulation)
     _settle(config, "train_micro_batch_size_per_gpu", micro_batch)
     _settle(config, "gradient_clipping", float((optim.get("clip_grad") or {}).get("max_norm", 0.0)))
-    _settle(config, "bf16.enabled", _bf16_wanted(cfg))
-    _settle(config, "fp16.enabled", False)
+    dtype = str(_forward_dtype(cfg)).removeprefix("torch.")
+    _settle(config, "bf16.enabled", dtype == "bfloat16")
+    _settle(config, "fp16.enabled", dtype == "float16")
     if "train_batch_size" in config:
         _settle(config, "train_batch_size", micro_batch * accumulation * world_size)
     left = _auto_left(config)
@@ -130,3 +131,41 @@ def deepspeed_runner_kwargs(name_or_path: str, cfg, world_size: int) -> dict:
         strategy=dict(type=DeepSpeedStrategy, config=deepspeed_config(name_or_path, cfg, world_size)),
         optim_wrapper=optim_wrapper,
     )
+
+
+@contextmanager
+def zero3_construction(config: dict):
+    """Under ZeRO-3, build the model so that each rank holds only its partition of the weights.
+
+    While an `HfDeepSpeedConfig` of a stage-3 config lives, transformers builds models
+    (`from_pretrained`, `from_config`) under `deepspeed.zero.Init` and loads pretrained weights
+    straight into the partitions, instead of every GPU holding the full model before DeepSpeed
+    partitions it. Modules built otherwise (the value head, a trunk built from its class) are
+    partitioned by DeepSpeed when it takes the model over; `match_partitioned_dtype` first gives them
+    the dtype zero.Init gave the rest. Other stages: nothing changes.
+    """
+    if int((config.get("zero_optimization") or {}).get("stage", 0)) != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    hf_config = HfDeepSpeedConfig(config)  # transformers keeps a weak reference: hold it while building
+    try:
+        yield hf_config
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def match_partitioned_dtype(model) -> None:
+    """Parameters built outside zero.Init, cast to the bf16/fp16 that zero.Init gave the partitioned ones.
+
+    DeepSpeed's ZeRO-3 optimizer lays all of a rank's partitions in one buffer of a single dtype.
+    """
+
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return
+    dtype = partitioned[0].dtype
+    for param in model.parameters():
+        if not hasattr(param, "ds_id") and param.dtype != dtype:
+            param.data = param.data.to(dtype)

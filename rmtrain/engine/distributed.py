@@ -1,5 +1,7 @@
 """Small helpers for multi-process runs; each is a no-op in a single process."""
 
+import functools
+
 import torch.distributed as dist
 
 
@@ -13,6 +15,22 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+@functools.cache
+def _gloo_group_beside(default_group) -> dist.ProcessGroup:
+    return dist.new_group(backend="gloo")  # every rank calls it, at the same point of the run
+
+
+def object_group():
+    """The group Python objects travel in: the default one, or a gloo group beside it when that is NCCL.
+
+    Over NCCL, `broadcast_object_list` pickles the object into one GPU tensor and the waiting ranks
+    sit inside NCCL (with its timeout) while rank 0 tokenises; over gloo it stays in host memory.
+    """
+    if dist.get_backend() != "nccl":
+        return None
+    return _gloo_group_beside(dist.group.WORLD)
 
 
 def on_rank0_then_share(make):
@@ -29,7 +47,7 @@ def on_rank0_then_share(make):
             box[0] = ("ok", make())
         except Exception as error:  # shared with the other ranks, then raised everywhere
             box[0] = ("error", error)
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=object_group())
     status, value = box[0]
     if status == "error":
         raise value

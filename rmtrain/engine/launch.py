@@ -92,6 +92,20 @@ def slurm_environment() -> dict:
     }
 
 
+def cuda_device_index(local_rank: int) -> int:
+    """The GPU this process drives: its local rank among the GPUs it can see.
+
+    Under Slurm's GPU binding (`--gpus-per-task=1`, `--gpu-bind`) each task sees only its own GPU, as
+    device 0, while SLURM_LOCALID still counts the tasks of the node: wrap it around what is visible.
+    """
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible < 1:
+        raise ConfigError("CUDA is available but no GPU is visible to this process (check CUDA_VISIBLE_DEVICES)")
+    return local_rank % visible
+
+
 def init_distributed(launcher: str) -> None:
     """Join the process group: NCCL with GPUs, gloo on CPU, with a timeout on every collective."""
     import torch
@@ -107,7 +121,10 @@ def init_distributed(launcher: str) -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
+        device_index = cuda_device_index(local_rank)
+        torch.cuda.set_device(device_index)
+        # mmengine's DDP wrapper and DeepSpeed take LOCAL_RANK as the device ordinal.
+        os.environ["LOCAL_RANK"] = str(device_index)
         backend = "nccl"
     else:
         backend = "gloo"

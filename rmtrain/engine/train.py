@@ -19,12 +19,13 @@ from rmtrain.builder import build
 from rmtrain.checkpoints import checkpoint_seed, find_resume_checkpoint, is_deepspeed_checkpoint, trust_for_resume
 from rmtrain.compat import ddp_wrapper_config, flexible_runner_class
 from rmtrain.config import load_config
-from rmtrain.engine.deepspeed import deepspeed_runner_kwargs
+from rmtrain.engine.deepspeed import deepspeed_runner_kwargs, match_partitioned_dtype, zero3_construction
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
-from rmtrain.engine.validation import check_validation_config
+from rmtrain.engine.memory import check_gpu_memory
+from rmtrain.engine.validation import check_validation_config, validation_loop_config
 from rmtrain.errors import ConfigError
 
 
@@ -98,9 +99,11 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
     if deepspeed:
         # FlexibleRunner builds the model late, after its data loader has drawn from the random
         # generator: built here, right after seeding as Runner does, it starts from the same weights.
-        set_random_seed(**cfg.randomness)
-        model = build(cfg.model)
         kwargs = deepspeed_runner_kwargs(deepspeed, cfg, world_size())
+        set_random_seed(**cfg.randomness)
+        with zero3_construction(kwargs["strategy"]["config"]):  # ZeRO-3: each rank builds only its partition
+            model = build(cfg.model)
+        match_partitioned_dtype(model)
         return flexible_runner_class(), dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
     if is_distributed():
         cfg.model_wrapper_cfg = ddp_wrapper_config(on_gpu=torch.cuda.is_available())
@@ -127,6 +130,8 @@ def train(
     cfg = load_config(config, cfg_options)
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
     os.makedirs(work_dir, exist_ok=True)
+    if torch.cuda.is_available():  # a launch that cannot hold the model states fails now, not at the first step
+        check_gpu_memory(cfg, deepspeed, world_size(), _warn)
 
     resume_from = find_resume_checkpoint(resume, work_dir)
     _check_resume_kind(resume_from, deepspeed)
@@ -164,7 +169,7 @@ def train(
         validation = dict(
             val_dataloader=dict(cfg.val_dataloader, dataset=val_dataset),
             val_evaluator=cfg.val_evaluator,
-            val_cfg=cfg.val_cfg,
+            val_cfg=validation_loop_config(cfg.val_cfg),
         )
 
     runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed)

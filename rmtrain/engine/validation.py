@@ -5,7 +5,10 @@ A config validates when it sets `val_dataloader`, `val_evaluator` and `val_cfg` 
 ValLoop); `train_cfg.val_interval` says how often. Without them training runs as before.
 """
 
+from mmengine.runner import ValLoop as MMEngineValLoop
+
 from rmtrain.builder import resolve_type
+from rmtrain.engine.loops import ValLoop
 from rmtrain.errors import ConfigError
 from rmtrain.metrics import RewardMetric
 
@@ -93,3 +96,12 @@ def check_validation_config(cfg) -> bool:
     if validates:
         check_parts_do_not_overlap(cfg.train_dataloader.get("dataset"), cfg.val_dataloader.get("dataset"))
     return validates
+
+
+def validation_loop_config(val_cfg: dict) -> dict:
+    """`val_cfg` with mmengine's ValLoop (what configs name) run as rmtrain's, in the training precision."""
+    val_cfg = dict(val_cfg)
+    loop = val_cfg.get("type", "ValLoop")
+    if loop in ("ValLoop", MMEngineValLoop):
+        val_cfg["type"] = ValLoop
+    return val_cfg

@@ -9,9 +9,11 @@ compute the metrics and write the report.
 import os
 
 import datasets
+import torch
 
 from rmtrain.data.loading import load_records
 from rmtrain.data.preference_dataset import PreferenceDataset, build_preference_dataset
+from rmtrain.engine.precision import autocast_context
 from rmtrain.errors import ConfigError, DataError, RmtrainError
 from rmtrain.evaluation.models import RewardModelSource, default_device_and_dtype
 from rmtrain.evaluation.report import write_pair_rows, write_summary
@@ -68,14 +70,17 @@ def score_pairs(
 
     Each batch holds the chosen and the rejected sides of `batch_size` pairs, right-padded; the
     scores do not depend on the batch size or the padding (the rule reads the last real token).
+    The forward passes run under autocast in the weights' dtype, as validation in training does.
     """
     chosen_ids, rejected_ids = list(pairs.pairs["chosen_ids"]), list(pairs.pairs["rejected_ids"])
     lengths = [max(len(c), len(r)) for c, r in zip(chosen_ids, rejected_ids)]
     chosen, rejected = [0.0] * len(lengths), [0.0] * len(lengths)
     batches = length_sorted_batches(lengths, batch_size)
+    precision = autocast_context(torch.device(device).type, next(trunk.parameters()).dtype)
     for batch in progress(batches, desc=f"score {len(lengths)} pairs in batches of {batch_size}"):
         sequences = [chosen_ids[i] for i in batch] + [rejected_ids[i] for i in batch]
-        scores = score_batch(trunk, value_head, sequences, pad_token_id, device)
+        with precision:
+            scores = score_batch(trunk, value_head, sequences, pad_token_id, device)
         for row, index in enumerate(batch):
             chosen[index], rejected[index] = scores[row], scores[len(batch) + row]
     return chosen, rejected

@@ -26,6 +26,7 @@ from torch import nn
 from rmtrain.builder import build
 from rmtrain.checkpoints import is_checkpoint, load_model_weights, read_model_state_dict
 from rmtrain.config import load_config, scoring_inputs
+from rmtrain.engine.precision import bf16_native
 from rmtrain.errors import ConfigError, EvaluationError, RmtrainError
 from rmtrain.scoring import reward_token_or_none
 
@@ -45,9 +46,9 @@ class Encoding:
 
 
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
-    """float32 on the CPU; bfloat16 on a GPU that has it (float32 weights of a large model rarely fit)."""
+    """float32 on the CPU; bfloat16 on a GPU that computes it natively (float32 weights of a large model rarely fit)."""
     if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.device("cuda"), torch.bfloat16 if bf16_native("cuda") else torch.float32
     return torch.device("cpu"), torch.float32
 
 

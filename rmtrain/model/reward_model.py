@@ -31,7 +31,8 @@ class RewardModel(BaseModel):
         penalty_weight: weight of the penalty, summed over both sides' scores and averaged over pairs.
         use_activation_checkpointing: recompute activations in backward to save memory.
         use_varlen_attn: the batches are packed rows (`build_preference_dataset(use_varlen_attn=True)`):
-            use flash_attention_2 (GPU with flash-attn) or rmtrain's per-sequence SDPA.
+            rmtrain's packed attention, which runs flash-attn where the row is on a GPU in bf16/fp16
+            (`rmtrain.model.packed_attention`) and per-sequence SDPA elsewhere.
     """
 
     def __init__(

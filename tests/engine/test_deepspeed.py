@@ -121,3 +121,43 @@ def test_unknown_deepspeed_config_lists_the_builtin_names(tmp_path):
     for name in ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload"):
         assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("stage", "partitioned"), [(2, False), (3, True)])
+def test_zero3_models_are_built_under_zero_init(stage, partitioned):
+    # transformers builds models under deepspeed.zero.Init exactly while this reports True.
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from rmtrain.engine.deepspeed import zero3_construction
+
+    config = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}}
+    with zero3_construction(config):
+        assert is_deepspeed_zero3_enabled() is partitioned
+    assert is_deepspeed_zero3_enabled() is False
+
+
+@pytest.mark.slow
+def test_zero3_bf16_run_with_a_partitioned_trunk(tmp_path):
+    # bf16 (DeepSpeed's bf16 path), ZeRO-3, the trunk built by AutoModel.from_config: under zero.Init.
+    config = demo_config(
+        tmp_path, "zero3_bf16", num_pairs=32, mixed_precision="bfloat16",
+        replacements=[("from transformers import ", "from transformers import AutoModel, "),
+                      ("type=LlamaModel,", "type=AutoModel.from_config,")],
+    )  # fmt: skip
+    work = tmp_path / "work"
+    rmtrain("train", str(config), "--work-dir", str(work), "--deepspeed", "zero3", cwd=tmp_path, nproc=2)
+    # DeepSpeed's bf16 path wrote the optimizer partitions (fp32 master weights of bf16 parameters).
+    files = sorted(p.name for p in (work / "iter_4.pth").iterdir())
+    assert files[:2] == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+    states = torch.load(work / "iter_4.pth" / files[2], map_location="cpu", weights_only=False)
+    assert states["ds_config"]["bf16"] == {"enabled": True} and states["ds_config"]["zero_optimization"]["stage"] == 3
+    scalars = sorted(work.glob("*/vis_data/scalars.json"))[-1]
+    rows = [row for row in map(json.loads, scalars.read_text().splitlines()) if "loss" in row]
+    assert len(rows) == 4 and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)
+    assert rows[0]["chosen_score_mean"] == 0.0  # the value head starts at zero, partitioned or not
+    gathered = deepspeed_model_state_dict(str(work / "iter_4.pth"))
+    assert gathered["v_head.weight"].abs().max() > 0  # it trained
+    assert gathered[TRUNK_WEIGHT].dtype in (torch.bfloat16, torch.float32)

@@ -7,8 +7,10 @@ Parameter names follow the published InternLM2 checkpoints (`model.tok_embedding
 This file is copied next to exported weights and loaded with `trust_remote_code=True` on machines
 that do not have rmtrain: it imports only torch, transformers and its sibling configuration file.
 
-Not implemented: a key/value cache (so no incremental generation), flash-attention kernels and
-attention weights as outputs. Attention always runs through `scaled_dot_product_attention`.
+Not implemented: a key/value cache (so no incremental generation) and attention weights as outputs.
+Attention runs through `scaled_dot_product_attention`, except for rows without padding when the model
+is switched to an attention function registered with transformers (`flash_attention_2`, or
+rmtrain's packed attention): that function then gets the rows (and packed rows' sequence offsets).
 """
 
 import math
@@ -267,6 +269,7 @@ class InternLM2PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["InternLM2DecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
+    _supports_flash_attn = True  # packed rows reach flash-attn through transformers' registered function
 
     def _init_weights(self, module):
         # torch.nn.init functions: transformers 5 guards them so that loaded weights stay untouched.
