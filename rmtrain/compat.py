@@ -95,9 +95,12 @@ WORKAROUNDS = (
 
 
 def register_checkpoint_reader(read) -> None:
-    """Let mmengine's resume and load_from read local checkpoint files with `read(filename, map_location)`."""
-    if not MMENGINE_CHECKPOINT_LOADER.needed():
-        return
+    """mmengine's resume and load_from read local checkpoint files with `read(filename, map_location)`.
+
+    Registered with every mmengine version: rmtrain decides what a checkpoint may unpickle
+    (rmtrain.checkpoints), whatever mmengine's default; MMENGINE_CHECKPOINT_LOADER says why the
+    default also fails on mmengine <= 0.10.7.
+    """
     from mmengine.runner.checkpoint import CheckpointLoader
 
     CheckpointLoader.register_scheme(prefixes="", force=True)(read)

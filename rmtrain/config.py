@@ -168,3 +168,41 @@ def load_config(config: str, cfg_options: dict | None = None) -> Config:
     check_config(cfg, path)
     derive_model_settings(cfg)
     return cfg
+
+
+# --- the settings an exported folder keeps as data -------------------------------------------------
+
+EXPORT_SETTINGS_FILE = "rmtrain_config.json"  # beside rmtrain_config.py: what eval and serve read, never executed
+EXPORT_SETTINGS_FORMAT = 1
+
+
+def export_settings(cfg: Config, chat_template: str | None) -> dict:
+    """What `rmtrain eval` and `rmtrain serve` need of the training config, as plain JSON data."""
+    inputs = scoring_inputs(cfg)
+    return dict(
+        format=EXPORT_SETTINGS_FORMAT,
+        training_config=os.path.basename(cfg.filename),
+        max_length=inputs.max_length,
+        reward_token_id=inputs.reward_token_id,
+        chat_template=chat_template,
+    )
+
+
+def read_export_settings(folder: str) -> dict | None:
+    """The folder's rmtrain_config.json (None when it has none); ConfigError when it is not the expected data."""
+    import json
+
+    path = os.path.join(folder, EXPORT_SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            settings = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not readable JSON ({error})") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(settings).__name__}")
+    max_length = settings.get("max_length")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+        raise ConfigError(f"{path}, field 'max_length': expected a positive integer, found {max_length!r}")
+    return settings

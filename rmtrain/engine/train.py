@@ -16,9 +16,16 @@ from mmengine.logging import print_log
 from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 
 from rmtrain.builder import build
-from rmtrain.checkpoints import checkpoint_seed, find_resume_checkpoint, is_deepspeed_checkpoint, trust_for_resume
+from rmtrain.checkpoints import (
+    check_deepspeed_folder,
+    checkpoint_seed,
+    find_resume_checkpoint,
+    is_deepspeed_checkpoint,
+    use_safe_reader_for_mmengine,
+)
 from rmtrain.compat import ddp_wrapper_config, flexible_runner_class
 from rmtrain.config import load_config
+from rmtrain.engine.checkpoint_hook import AtomicCheckpointHook
 from rmtrain.engine.deepspeed import deepspeed_runner_kwargs
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook
@@ -93,6 +100,24 @@ def _align_checkpoints_to_accumulation(cfg, logger_print, deepspeed: bool) -> No
         )
 
 
+def _default_hooks(cfg) -> dict | None:
+    """The config's default hooks, mmengine's CheckpointHook replaced by AtomicCheckpointHook with the same settings.
+
+    A copy: the config itself (saved into every checkpoint as text) keeps naming CheckpointHook.
+    """
+    from mmengine.hooks import CheckpointHook
+
+    hooks = cfg.get("default_hooks")
+    checkpoint = (hooks or {}).get("checkpoint")
+    if not checkpoint or checkpoint.get("type") not in (
+        CheckpointHook,
+        "CheckpointHook",
+        "mmengine.hooks.CheckpointHook",
+    ):
+        return hooks
+    return dict(hooks, checkpoint=dict(checkpoint, type=AtomicCheckpointHook))
+
+
 def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
     """Runner with the config's optimizer wrapper (DDP in multi-process runs), or FlexibleRunner with DeepSpeed."""
     if deepspeed:
@@ -117,6 +142,7 @@ def train(
     cfg_options: dict | None = None,
     launcher: str = "none",
     deepspeed: str | None = None,
+    trust_checkpoint: bool = False,
 ) -> Runner | FlexibleRunner:
     _check_launch(launcher)
     if deepspeed and launcher == "none":
@@ -130,11 +156,13 @@ def train(
 
     resume_from = find_resume_checkpoint(resume, work_dir)
     _check_resume_kind(resume_from, deepspeed)
-    trust_for_resume([work_dir] + ([os.path.dirname(resume_from)] if resume_from else []))
+    use_safe_reader_for_mmengine(trust=trust_checkpoint)
+    if resume_from and is_deepspeed_checkpoint(resume_from):
+        check_deepspeed_folder(resume_from, trust=trust_checkpoint)  # DeepSpeed itself unpickles in full
     # The sampler's shuffle order comes from the seed: a resumed run must reuse the one it started with.
     randomness = dict(cfg.get("randomness") or {})
     if seed is None and resume_from:
-        seed = checkpoint_seed(resume_from)
+        seed = checkpoint_seed(resume_from, trust=trust_checkpoint)
     if seed is None:
         seed = randomness.get("seed")
     randomness["seed"] = _share_seed(seed)
@@ -173,7 +201,7 @@ def train(
         train_dataloader=train_dataloader,
         train_cfg=cfg.train_cfg,
         param_scheduler=cfg.get("param_scheduler"),
-        default_hooks=cfg.get("default_hooks"),
+        default_hooks=_default_hooks(cfg),
         log_processor=cfg.get("log_processor") or dict(type=RewardLogProcessor, by_epoch=False),
         visualizer=cfg.get("visualizer"),
         env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="nccl"))),
