@@ -28,7 +28,7 @@ from rmtrain.config import load_config
 from rmtrain.engine.checkpoint_hook import AtomicCheckpointHook
 from rmtrain.engine.deepspeed import deepspeed_runner_kwargs
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
-from rmtrain.engine.hooks import GradientAccumulationStateHook
+from rmtrain.engine.hooks import GradientAccumulationStateHook, ZeroGradientStopHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.validation import check_validation_config
@@ -126,11 +126,12 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
         set_random_seed(**cfg.randomness)
         model = build(cfg.model)
         kwargs = deepspeed_runner_kwargs(deepspeed, cfg, world_size())
-        return flexible_runner_class(), dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
+        custom_hooks = list(cfg.get("custom_hooks") or []) + [ZeroGradientStopHook()]
+        return flexible_runner_class(), dict(kwargs, model=model, custom_hooks=custom_hooks)
     if is_distributed():
         cfg.model_wrapper_cfg = ddp_wrapper_config(on_gpu=torch.cuda.is_available())
     # Saves and restores gradients accumulated mid-window (DeepSpeed runs save only at window ends).
-    custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook()]
+    custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook(), ZeroGradientStopHook()]
     return Runner, dict(model=cfg.model, optim_wrapper=cfg.optim_wrapper, custom_hooks=custom_hooks)
 
 
