@@ -54,8 +54,17 @@ def _paths_with_value(node, value, prefix=""):
     return found
 
 
-def _check_option_key(cfg: Config, key: str) -> None:
-    """Raise unless every part of the dotted `key` names something the config already has."""
+def _check_option_value(key: str, current, value) -> None:
+    """A number, a boolean or None in the config stays one: `lr=abc` is an error here, not a traceback later."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        if isinstance(current, bool) != isinstance(value, bool) and current is not None:
+            raise ConfigError(f"--cfg-options {key}={value!r}: expected True or False, as the config's {current!r}")
+    elif isinstance(current, (int, float)) and not isinstance(value, (int, float)):
+        raise ConfigError(f"--cfg-options {key}={value!r}: expected a number, as the config's {current!r}")
+
+
+def _check_option_key(cfg: Config, key: str, value=None) -> None:
+    """Raise unless every part of the dotted `key` names something the config already has (and `value` fits it)."""
     if key in DERIVED_MODEL_KEYS and key.split(".")[1] not in cfg.model:
         raise ConfigError(
             f"--cfg-options key '{key}': the model takes {key.split('.')[1]} from the data set; "
@@ -75,6 +84,7 @@ def _check_option_key(cfg: Config, key: str) -> None:
             hint = f" Did you mean: {', '.join('.'.join([*walked, c]) for c in close)}?" if close else ""
             raise ConfigError(f"--cfg-options key '{key}': '{part}' is not a key of {where}.{hint}")
         walked.append(part)
+    _check_option_value(key, node, value)
     top = key.split(".")[0]
     if top not in ENGINE_KEYS:
         value = cfg[top]
@@ -161,8 +171,8 @@ def load_config(config: str, cfg_options: dict | None = None) -> Config:
         cfg = Config.fromfile(str(path))
     except Exception as error:  # a config is Python: show the user what broke and where
         raise ConfigError(f"cannot load config {path}: {type(error).__name__}: {error}") from error
-    for key in cfg_options or {}:
-        _check_option_key(cfg, key)
+    for key, value in (cfg_options or {}).items():
+        _check_option_key(cfg, key, value)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     check_config(cfg, path)

@@ -47,7 +47,7 @@ class _MapRecord:
         index = position if self.record_indices is None else self.record_indices[position]
         try:
             try:
-                mapped = self.map_fn(record) if self.map_fn is not None else record
+                mapped = self._apply_map_fn(record)
                 # The check also normalises plain-string prompts/responses into message lists.
                 checked = messages_preference_map_fn(mapped)
             except RecordFieldError as error:
@@ -79,6 +79,23 @@ class _MapRecord:
             "record_index": index,
             "error": None,
         }
+
+    def _apply_map_fn(self, record: dict) -> dict:
+        if self.map_fn is None:
+            return record
+        try:
+            mapped = self.map_fn(record)
+        except (RecordFieldError, KeyError):
+            raise
+        except Exception as error:  # not a map function at all, or one that breaks on this record
+            name = getattr(self.map_fn, "__qualname__", repr(self.map_fn))
+            raise RecordFieldError("*", f"the map function {name} failed: {type(error).__name__}: {error}") from None
+        if not isinstance(mapped, dict):
+            name = getattr(self.map_fn, "__qualname__", repr(self.map_fn))
+            raise RecordFieldError(
+                "*", f"the map function {name} returned a {type(mapped).__name__}, not a record dict"
+            )
+        return mapped
 
 
 class _EncodePair:
