@@ -332,11 +332,16 @@ def read_model_state_dict(path: str, trust: bool = False) -> dict:
 
 def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
     """Load strictly; a missing value head or any missing/extra/mis-shaped key is an error naming `path`."""
-    expected = reward_model.state_dict()
     if VALUE_HEAD_KEY not in state_dict:
         raise CheckpointError(
             f"{path} has no trained value head ({VALUE_HEAD_KEY}); refusing to use a zero or random head"
         )
+    check_weights_fit(reward_model.state_dict(), state_dict, path)
+    reward_model.load_state_dict(state_dict, strict=True)
+
+
+def check_weights_fit(expected: dict, state_dict: dict, path: str) -> None:
+    """CheckpointError naming `path` and the keys unless `state_dict` has exactly the keys and shapes of `expected`."""
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     misshaped = sorted(
@@ -355,4 +360,3 @@ def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
             problems.append(f"{len(keys)} {label}: {shown}")
     if problems:
         raise CheckpointError(f"{path} does not fit this config's model; " + "; ".join(problems))
-    reward_model.load_state_dict(state_dict, strict=True)

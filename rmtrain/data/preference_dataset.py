@@ -309,3 +309,17 @@ def build_preference_dataset(
         dataset_out = PackedPreferenceDataset(dataset_out, max_packed_length, seed=pack_seed)
     print_log(dataset_out.summary_text(), logger="current")
     return dataset_out
+
+
+def largest_token_id(dataset) -> int:
+    """The largest token id in a (packed) preference data set's pairs; -1 without any."""
+    import pyarrow.compute as pc
+
+    pairs = dataset.pairs.pairs if isinstance(dataset.pairs, PreferenceDataset) else dataset.pairs
+    table = pairs.data.table
+    largest = -1
+    for column in ("chosen_ids", "rejected_ids"):
+        value = pc.max(pc.list_flatten(table.column(column))).as_py()
+        if value is not None:
+            largest = max(largest, value)
+    return largest

@@ -76,3 +76,21 @@ class ZeroGradientStopHook(Hook):
                 "equals rejected carry no preference) and that the value head is trained; the checkpoints so "
                 f"far are in {runner.work_dir}"
             )
+
+
+class ResumeFitsModelHook(Hook):
+    """Before a resumed run loads `path`: every weight of the checkpoint fits the model the config builds.
+
+    Without it, a checkpoint of another config fails deep in the optimizer's state loading.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        from rmtrain.checkpoints import check_weights_fit
+
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        check_weights_fit(model.state_dict(), checkpoint.get("state_dict", {}), self.path)

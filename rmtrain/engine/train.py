@@ -9,6 +9,7 @@ DeepSpeedStrategy: same data, hooks, logs and seed; DeepSpeed owns the optimizer
 import logging
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,10 +26,11 @@ from rmtrain.checkpoints import (
 )
 from rmtrain.compat import ddp_wrapper_config, flexible_runner_class
 from rmtrain.config import load_config
+from rmtrain.data.preference_dataset import largest_token_id
 from rmtrain.engine.checkpoint_hook import AtomicCheckpointHook
 from rmtrain.engine.deepspeed import deepspeed_runner_kwargs
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
-from rmtrain.engine.hooks import GradientAccumulationStateHook, ZeroGradientStopHook
+from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelHook, ZeroGradientStopHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.validation import check_validation_config
@@ -118,7 +120,32 @@ def _default_hooks(cfg) -> dict | None:
     return dict(hooks, checkpoint=dict(checkpoint, type=AtomicCheckpointHook))
 
 
-def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
+def _check_work_dir(work_dir: str) -> None:
+    """The work dir exists and takes files, before any data or model is built."""
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=work_dir, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"work dir {work_dir}: cannot write there ({error.strerror or error})") from None
+
+
+def _check_vocabulary(runner, dataset) -> None:
+    """Every token id of the data has a row in the model's embeddings (else: an IndexError at the first step)."""
+    model = getattr(runner.model, "module", runner.model)
+    trunk = getattr(model, "model", None)
+    if trunk is None or not hasattr(trunk, "get_input_embeddings"):
+        return
+    rows = trunk.get_input_embeddings().num_embeddings
+    largest = largest_token_id(dataset)
+    if largest >= rows:
+        raise ConfigError(
+            f"the tokenizer gives token id {largest}, but the model's vocabulary has only {rows} entries "
+            f"(vocab_size {rows}): use the model's own tokenizer, or a model config with vocab_size > {largest}"
+        )
+
+
+def _runner_class_and_kwargs(cfg, deepspeed: str | None, resume_from: str | None) -> tuple[type, dict]:
     """Runner with the config's optimizer wrapper (DDP in multi-process runs), or FlexibleRunner with DeepSpeed."""
     if deepspeed:
         # FlexibleRunner builds the model late, after its data loader has drawn from the random
@@ -132,6 +159,8 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
         cfg.model_wrapper_cfg = ddp_wrapper_config(on_gpu=torch.cuda.is_available())
     # Saves and restores gradients accumulated mid-window (DeepSpeed runs save only at window ends).
     custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook(), ZeroGradientStopHook()]
+    if resume_from:
+        custom_hooks.append(ResumeFitsModelHook(resume_from))
     return Runner, dict(model=cfg.model, optim_wrapper=cfg.optim_wrapper, custom_hooks=custom_hooks)
 
 
@@ -153,7 +182,7 @@ def train(
         init_distributed(launcher)
     cfg = load_config(config, cfg_options)
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
-    os.makedirs(work_dir, exist_ok=True)
+    _check_work_dir(work_dir)
 
     resume_from = find_resume_checkpoint(resume, work_dir)
     _check_resume_kind(resume_from, deepspeed)
@@ -196,7 +225,7 @@ def train(
             val_cfg=cfg.val_cfg,
         )
 
-    runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed)
+    runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed, resume_from)
     runner = runner_class(
         work_dir=work_dir,
         train_dataloader=train_dataloader,
@@ -215,6 +244,7 @@ def train(
         **validation,
         **runner_kwargs,
     )
+    _check_vocabulary(runner, train_dataset)
     runner.logger.info(train_dataset.summary_text())
     if validates:
         runner.logger.info(f"validation: {val_dataset.summary_text()}")
