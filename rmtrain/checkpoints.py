@@ -1,27 +1,37 @@
 """Checkpoints: every read, find and trust decision, for `iter_N.pth` files and DeepSpeed folders.
 
-A run writes `iter_N.pth` checkpoints into its work dir (mmengine's CheckpointHook), or, with
-`--deepspeed`, `iter_N.pth/` folders (DeepSpeed's save_checkpoint through mmengine's FlexibleRunner),
-and a `last_checkpoint` pointer to the newest complete one. Training (`--resume`), `rmtrain convert`
-and `rmtrain eval` read them only through this module:
+A run writes `iter_N.pth` checkpoints into its work dir (rmtrain's AtomicCheckpointHook, which takes
+mmengine's CheckpointHook settings), or, with `--deepspeed`, `iter_N.pth/` folders (DeepSpeed's
+save_checkpoint through mmengine's FlexibleRunner), each under a temporary name first, and a
+`last_checkpoint` pointer to the newest complete one. Training (`--resume`), `rmtrain convert` and
+`rmtrain eval` read them only through this module:
 
-- what a path is: `is_checkpoint`, `is_deepspeed_checkpoint`;
+- what a path is: `is_checkpoint`, `is_deepspeed_checkpoint`, `is_complete_checkpoint`;
 - where a run resumes: `find_resume_checkpoint`, and the seed it started with: `checkpoint_seed`;
-- which files may be unpickled in full: `load_checkpoint_file` and `trust_for_resume`;
+- what is unpickled: `load_checkpoint_file` loads tensors and plain data only (torch's weights-only
+  loader); a file that needs more is refused unless the user passes `trust=True` (--trust-checkpoint);
+- what is written: `plain_message_hub` (mmengine's log history as tensors, so checkpoints need no
+  full unpickle), `commit_checkpoint` and `write_resume_pointer` (temporary name, fsync, rename);
 - the trained weights: `read_model_state_dict` and `load_model_weights`.
 """
 
+import logging
 import os
 import pickle
+import re
+import shutil
+import zipfile
 from pathlib import Path
 
 from rmtrain.compat import register_checkpoint_reader
-from rmtrain.errors import CheckpointError, ConfigError
+from rmtrain.errors import CheckpointError
 
-RESUME_POINTER = "last_checkpoint"  # written by mmengine after each complete save
+RESUME_POINTER = "last_checkpoint"  # rewritten (atomically) after each complete save
 VALUE_HEAD_KEY = "v_head.weight"
-
-
+PARTIAL_SUFFIX = ".tmp"  # iter_N.pth.tmp (file or DeepSpeed folder) while it is being written
+TRUST_FLAG = "--trust-checkpoint"
+_HISTORY_BUFFER = "rmtrain_history_buffer"  # tag of an mmengine HistoryBuffer saved as plain data
+_CHECKPOINT_NAME = re.compile(r"^iter_(\d+)\.pth$")
 # --- what a path is --------------------------------------------------------------------------------
 
 
@@ -41,114 +51,297 @@ def is_checkpoint(path: str) -> bool:
     return os.path.isfile(path) or is_deepspeed_checkpoint(path)
 
 
-# --- trust -------------------------------------------------------------------------------------------
+def is_complete_checkpoint(path: str) -> bool:
+    """A checkpoint whose write finished: a zip file with its central directory (torch.save's format), or a
+    DeepSpeed folder whose every file is one. A killed write leaves neither (and would be under a .tmp name)."""
+    if os.path.isdir(path):
+        if not _model_states_files(path):
+            return False
+        files = sorted(Path(path).glob("*.pt"))
+    else:
+        files = [Path(path)]
+    for file in files:
+        try:
+            with zipfile.ZipFile(file) as archive:
+                if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                    return False
+        except (OSError, zipfile.BadZipFile):
+            return False
+    return True
 
 
-def load_checkpoint_file(filename: str, trusted_dirs: list[str], map_location="cpu"):
-    """torch.load for mmengine checkpoints, safe by default.
+# --- what is unpickled -------------------------------------------------------------------------------
 
-    mmengine checkpoints hold HistoryBuffer and numpy objects that torch's weights-only loader
-    refuses (an allow-list would have to admit `getattr`, which defeats it). A file is first loaded
-    safely; only a file inside one of `trusted_dirs` (where rmtrain's own runs write, or a
-    checkpoint the user named explicitly) is loaded in full when that fails.
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _refused_globals(path: str) -> list[str]:
+    """The types and functions a torch.save file refers to beyond what the weights-only loader admits."""
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint at all: reported as unreadable
+        return []
+
+
+def _deepspeed_safe_globals() -> list:
+    """What DeepSpeed's own checkpoint files hold besides tensors and plain data (its config and version types)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_checkpoint_file(filename: str, map_location="cpu", trust: bool = False, deepspeed: bool = False):
+    """torch.load with the weights-only loader: tensors, numbers, strings and containers, nothing that runs code.
+
+    Checkpoints rmtrain writes need nothing more (`plain_message_hub`); DeepSpeed's files need a few of its
+    own plain classes (`deepspeed=True`). Any other file is refused with a CheckpointError naming it and what
+    it refers to; `trust=True` (the user's --trust-checkpoint) loads it in full, with a warning.
     """
     import torch
 
     path = os.path.realpath(os.path.expanduser(filename))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{filename} can not be found.")
+        raise CheckpointError(f"{filename}: no such checkpoint file")
+    if trust:
+        _warn(f"{filename}: loading with a full unpickle ({TRUST_FLAG}); this runs any code the file contains")
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as error:
+            raise CheckpointError(f"{filename} is not a readable checkpoint: {_first_line(error)}") from None
+    allowed = _deepspeed_safe_globals() if deepspeed else []
     try:
-        # mmap: tensors are read from the file as they are used, not all copied into memory first
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        roots = [os.path.realpath(directory) for directory in trusted_dirs]
-        if not any(os.path.commonpath([path, root]) == root for root in roots):
-            raise RuntimeError(
-                f"{filename} holds Python objects beyond tensors and lies outside {', '.join(trusted_dirs)}; "
-                "rmtrain loads such checkpoints only from where its own runs wrote them"
+        with torch.serialization.safe_globals(allowed):
+            # mmap: tensors are read from the file as they are used, not all copied into memory first
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        refused = _refused_globals(path)
+        if refused:
+            raise CheckpointError(
+                f"{filename} refers to {', '.join(refused[:6])}{' ...' if len(refused) > 6 else ''}, which only "
+                f"a full unpickle (able to run any code) would load; refused. If you trust this file, pass "
+                f"{TRUST_FLAG}"
             ) from None
-        return torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+        raise CheckpointError(f"{filename} is not a readable checkpoint: {_first_line(error)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"{filename} is not a readable checkpoint (empty, truncated or not written by torch.save): "
+            f"{_first_line(error)}"
+        ) from None
 
 
-def trust_for_resume(trusted_dirs: list[str]) -> None:
-    """Let mmengine's resume read the checkpoints under `trusted_dirs` (see load_checkpoint_file)."""
-    trusted_dirs = list(trusted_dirs)
-    register_checkpoint_reader(
-        lambda filename, map_location: load_checkpoint_file(filename, trusted_dirs, map_location)
-    )
+def check_deepspeed_folder(path: str, trust: bool = False) -> None:
+    """Every file of a DeepSpeed checkpoint folder loads with the weights-only loader (or the user trusts it).
+
+    DeepSpeed reads its files with a full unpickle; a file that passes this check refers to nothing
+    beyond tensors, plain data and DeepSpeed's own plain classes, so that read runs no foreign code.
+    """
+    if trust:
+        _warn(f"{path}: DeepSpeed folder loaded without checking its files ({TRUST_FLAG})")
+        return
+    for file in sorted(Path(path).glob("*.pt")):
+        load_checkpoint_file(str(file), deepspeed=True)
+
+
+def use_safe_reader_for_mmengine(trust: bool = False) -> None:
+    """mmengine's resume and load_from read local files through load_checkpoint_file (with the user's trust)."""
+    register_checkpoint_reader(lambda filename, map_location: load_checkpoint_file(filename, map_location, trust))
+
+
+def _warn(message: str) -> None:
+    from mmengine.logging import print_log
+
+    print_log(message, logger="current", level=logging.WARNING)
+
+
+# --- what is written ---------------------------------------------------------------------------------
+
+
+def plain_message_hub(state: dict) -> dict:
+    """mmengine's MessageHub state with each HistoryBuffer as tensors and numpy numbers as Python numbers.
+
+    A HistoryBuffer pickles references to its methods, which only a full unpickle can load; in this form
+    a checkpoint is tensors and plain data. `restore_message_hub` turns it back.
+    """
+    import numpy as np
+    import torch
+
+    def plain(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(item) for item in value)
+        return value
+
+    log_scalars = {}
+    for key, buffer in state.get("log_scalars", {}).items():
+        history, counts = buffer.data
+        log_scalars[key] = {
+            _HISTORY_BUFFER: dict(
+                max_length=buffer.max_length,
+                log_history=torch.from_numpy(np.array(history)),
+                count_history=torch.from_numpy(np.array(counts)),
+            )
+        }
+    return dict(state, log_scalars=log_scalars, runtime_info=plain(state.get("runtime_info", {})))
+
+
+def restore_message_hub(state: dict) -> dict:
+    """The inverse of `plain_message_hub`: HistoryBuffers again, as MessageHub.load_state_dict expects."""
+    from mmengine.logging import HistoryBuffer
+
+    log_scalars = {}
+    for key, value in state.get("log_scalars", {}).items():
+        if isinstance(value, dict) and _HISTORY_BUFFER in value:
+            saved = value[_HISTORY_BUFFER]
+            value = HistoryBuffer(
+                saved["log_history"].numpy(), saved["count_history"].numpy(), max_length=saved["max_length"]
+            )
+        log_scalars[key] = value
+    return dict(state, log_scalars=log_scalars)
+
+
+def _fsync(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint file or DeepSpeed folder (absent is fine)."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def commit_checkpoint(partial: str, final: str) -> None:
+    """Make a completely written `partial` (file or DeepSpeed folder) durable and give it its `final` name."""
+    files = [os.path.join(partial, name) for name in sorted(os.listdir(partial))] if os.path.isdir(partial) else []
+    for file in files + [partial]:
+        _fsync(file)
+    remove_checkpoint(final)  # a folder cannot be renamed over; a file is replaced in one step anyway
+    os.replace(partial, final)
+    _fsync(os.path.dirname(os.path.abspath(final)))
+
+
+def write_resume_pointer(work_dir: str, checkpoint: str) -> None:
+    """`last_checkpoint` names `checkpoint`: written to a temporary file, fsynced and renamed over the old one."""
+    pointer = os.path.join(work_dir, RESUME_POINTER)
+    partial = pointer + PARTIAL_SUFFIX
+    with open(partial, "w") as file:
+        file.write(checkpoint)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, pointer)
+    _fsync(os.path.abspath(work_dir))
 
 
 # --- resume ------------------------------------------------------------------------------------------
 
 
+def _saved_iteration(path: str) -> int | None:
+    match = _CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
 def find_resume_checkpoint(resume: str | None, work_dir: str) -> str | None:
-    """--resume auto -> the work dir's last complete checkpoint (None if there is none); PATH -> PATH."""
+    """--resume PATH -> PATH; --resume auto -> the newest complete iter_N.pth in the work dir (None if it has none).
+
+    The `last_checkpoint` pointer is one candidate, not the authority: it may be stale or name a file
+    that is gone. A work dir that holds checkpoints (or a pointer) of which none is complete is an error,
+    never a silent restart from iteration 0.
+    """
     if resume is None:
         return None
     if resume != "auto":
         if not is_checkpoint(resume):
-            raise ConfigError(f"--resume {resume}: no such checkpoint file (or DeepSpeed checkpoint folder)")
+            raise CheckpointError(f"--resume {resume}: no such checkpoint file (or DeepSpeed checkpoint folder)")
         return resume
+    candidates = {str(path) for path in Path(work_dir).glob("iter_*.pth") if _saved_iteration(str(path)) is not None}
     pointer = os.path.join(work_dir, RESUME_POINTER)
-    if not os.path.isfile(pointer):
-        return None
-    # mmengine writes this pointer only after a checkpoint is completely saved.
-    path = Path(pointer).read_text().strip()
-    return path if is_checkpoint(path) else None
+    named = Path(pointer).read_text().strip() if os.path.isfile(pointer) else None
+    if named and _saved_iteration(named) is not None and os.path.exists(named):
+        candidates.add(named)
+    complete = [path for path in candidates if is_complete_checkpoint(path)]
+    if complete:
+        return max(complete, key=lambda path: (_saved_iteration(path), path == named))
+    if candidates or named:
+        found = sorted(candidates, key=_saved_iteration) or [f"{RESUME_POINTER} naming the missing {named}"]
+        raise CheckpointError(
+            f"--resume auto: {work_dir} holds checkpoints but none is complete ({', '.join(found)}); "
+            "refusing to start over from iteration 0. Give --resume PATH, or remove them to start afresh"
+        )
+    return None
 
 
-def deepspeed_checkpoint_meta(path: str) -> dict:
+def deepspeed_checkpoint_meta(path: str, trust: bool = False) -> dict:
     """mmengine's `meta` (iter, seed, ...), which FlexibleRunner hands DeepSpeed as client state."""
-    import torch
-
-    # Written by rmtrain's own DeepSpeed run: it holds mmengine objects, so it is not a weights-only file.
-    states = torch.load(_model_states_files(path)[0], map_location="cpu", weights_only=False)
+    states = load_checkpoint_file(str(_model_states_files(path)[0]), trust=trust, deepspeed=True)
     return states.get("meta", {})
 
 
-def checkpoint_seed(path: str) -> int | None:
+def checkpoint_seed(path: str, trust: bool = False) -> int | None:
     """The seed of the run that wrote the checkpoint: its sampler order depends on it."""
     if is_deepspeed_checkpoint(path):
-        return deepspeed_checkpoint_meta(path).get("seed")
-    checkpoint = load_checkpoint_file(path, [os.path.dirname(path)])
+        return deepspeed_checkpoint_meta(path, trust).get("seed")
+    checkpoint = load_checkpoint_file(path, trust=trust)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint (it holds a {type(checkpoint).__name__})")
     return checkpoint.get("meta", {}).get("seed")
 
 
 # --- trained weights ---------------------------------------------------------------------------------
 
 
-def deepspeed_model_state_dict(path: str) -> dict:
+def deepspeed_model_state_dict(path: str, trust: bool = False) -> dict:
     """The model's full fp32 state dict, gathered from the optimizer partitions of every rank (any ZeRO stage).
 
     Those are DeepSpeed's fp32 master weights: exact also for bf16 runs, whose module weights are bf16,
-    and for ZeRO-3, whose module file holds only this rank's slice.
+    and for ZeRO-3, whose module file holds only this rank's slice. DeepSpeed reads the files itself,
+    after `check_deepspeed_folder` has found nothing in them but tensors and plain data.
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    check_deepspeed_folder(path, trust)
     folder = os.path.normpath(path)
     return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder) or ".", tag=os.path.basename(folder))
 
 
-def read_model_state_dict(path: str) -> dict:
+def read_model_state_dict(path: str, trust: bool = False) -> dict:
     """The RewardModel's state dict from an iter_N.pth file, or from the iter_N.pth/ folder of a DeepSpeed run."""
     if os.path.isdir(path):
         if not is_deepspeed_checkpoint(path):
             raise CheckpointError(f"{path} is a folder but not a DeepSpeed checkpoint; give an iter_N.pth checkpoint")
-        return deepspeed_model_state_dict(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    # The user names this file explicitly, so a full (non-weights-only) load is allowed for it.
-    checkpoint = load_checkpoint_file(path, [os.path.dirname(path) or "."])
+        return deepspeed_model_state_dict(path, trust)
+    checkpoint = load_checkpoint_file(path, trust=trust)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint (it holds a {type(checkpoint).__name__})")
     return checkpoint.get("state_dict", checkpoint)
 
 
 def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
     """Load strictly; a missing value head or any missing/extra/mis-shaped key is an error naming `path`."""
-    expected = reward_model.state_dict()
     if VALUE_HEAD_KEY not in state_dict:
         raise CheckpointError(
             f"{path} has no trained value head ({VALUE_HEAD_KEY}); refusing to use a zero or random head"
         )
+    check_weights_fit(reward_model.state_dict(), state_dict, path)
+    reward_model.load_state_dict(state_dict, strict=True)
+
+
+def check_weights_fit(expected: dict, state_dict: dict, path: str) -> None:
+    """CheckpointError naming `path` and the keys unless `state_dict` has exactly the keys and shapes of `expected`."""
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     misshaped = sorted(
@@ -167,4 +360,3 @@ def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
             problems.append(f"{len(keys)} {label}: {shown}")
     if problems:
         raise CheckpointError(f"{path} does not fit this config's model; " + "; ".join(problems))
-    reward_model.load_state_dict(state_dict, strict=True)

@@ -47,6 +47,7 @@ def _train(args) -> int:
         cfg_options=args.cfg_options,
         launcher=args.launcher,
         deepspeed=args.deepspeed,
+        trust_checkpoint=args.trust_checkpoint,
     )
     return 0
 
@@ -65,6 +66,7 @@ def _convert_pth_to_hf(args) -> int:
         max_shard_size=args.max_shard_size,
         verify=not args.no_verify,
         overwrite=args.overwrite,
+        trust_checkpoint=args.trust_checkpoint,
     )
     return 0
 
@@ -105,6 +107,8 @@ def _eval(args) -> int:
         skip_bad_records=args.skip_bad_records,
         normalize=args.normalize,
         write_stats=args.write_stats,
+        trust_remote_code=args.trust_remote_code,
+        trust_checkpoint=args.trust_checkpoint,
     )
     print(summary_table(summary))
     return 0
@@ -135,6 +139,8 @@ def _serve(args) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV),
         normalize=args.normalize,
         limits=limits,
+        trust_remote_code=args.trust_remote_code,
+        trust_checkpoint=args.trust_checkpoint,
     )
     return 0
 
@@ -146,6 +152,22 @@ def _parse_cfg_options(pairs: list[str]) -> dict:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--opts", nargs="+", action=DictAction)
     return vars(parser.parse_args(["--opts", *pairs]))["opts"]
+
+
+def _add_trust_checkpoint(parser, what: str) -> None:
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help=f"load {what}'s checkpoint with a full unpickle (runs any code in it); only for files you trust",
+    )
+
+
+def _add_trust_remote_code(parser) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model folder's own Python run (its rmtrain_config.py, tokenizer or model code); off by default",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     p.add_argument("--deepspeed", help="a built-in DeepSpeed config name or a JSON path")
+    _add_trust_checkpoint(p, "--resume")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=_train)
 
@@ -200,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-verify", action="store_true", help="skip reloading the folder and comparing its scores")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty SAVE_DIR")
+    _add_trust_checkpoint(p, "PTH")
     p.set_defaults(func=_convert_pth_to_hf)
 
     p = verbs.add_parser("plot", help="draw a work dir's training curves into a PNG")
@@ -235,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--normalize", action="store_true", help="report (score - mean) / std with the folder's config.json statistics"
     )
+    _add_trust_remote_code(p)
+    _add_trust_checkpoint(p, "MODEL")
     p.set_defaults(func=_eval)
 
     p = verbs.add_parser("serve", help="an HTTP reward server (OpenRLHF's /get_reward, /score for chats, /health)")
@@ -256,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--normalize", action="store_true", help="return (score - mean) / std with the folder's config.json statistics"
     )
+    _add_trust_remote_code(p)
+    _add_trust_checkpoint(p, "MODEL")
     p.set_defaults(func=_serve)
     return parser
 

@@ -68,6 +68,13 @@ MMENGINE_FLEXIBLE_RUNNER_ITER = Workaround(
     "FlexibleRunner.save_checkpoint overwrites meta['iter'] with runner.iter + 1: a best checkpoint re-saved "
     "after validation claims one iteration more than was trained, and a DeepSpeed resume skips a batch.",
 )
+MMENGINE_DEEPSPEED_CHECKPOINT_CALLBACKS = Workaround(
+    "mmengine_deepspeed_checkpoint_callbacks",
+    (("mmengine", "<=0.10.7"),),
+    "DeepSpeedStrategy.save_checkpoint and resume ignore the callback FlexibleRunner gives them: the hooks' "
+    "before_save_checkpoint and after_load_checkpoint never see a DeepSpeed checkpoint, so rmtrain's checkpoint "
+    "hook could not write mmengine's log history as plain (weights-only loadable) data there.",
+)
 DEEPSPEED_COLLECTIVE_WARNINGS = Workaround(
     "deepspeed_collective_warnings",
     (("torch", ">=2.13"), ("deepspeed", "<=0.19.8")),
@@ -86,6 +93,7 @@ WORKAROUNDS = (
     MMENGINE_CPU_DDP,
     MMENGINE_DEEPSPEED_ONEBIT,
     MMENGINE_FLEXIBLE_RUNNER_ITER,
+    MMENGINE_DEEPSPEED_CHECKPOINT_CALLBACKS,
     DEEPSPEED_COLLECTIVE_WARNINGS,
     TRANSFORMERS_GGUF_SAVE,
 )
@@ -95,9 +103,12 @@ WORKAROUNDS = (
 
 
 def register_checkpoint_reader(read) -> None:
-    """Let mmengine's resume and load_from read local checkpoint files with `read(filename, map_location)`."""
-    if not MMENGINE_CHECKPOINT_LOADER.needed():
-        return
+    """mmengine's resume and load_from read local checkpoint files with `read(filename, map_location)`.
+
+    Registered with every mmengine version: rmtrain decides what a checkpoint may unpickle
+    (rmtrain.checkpoints), whatever mmengine's default; MMENGINE_CHECKPOINT_LOADER says why the
+    default also fails on mmengine <= 0.10.7.
+    """
     from mmengine.runner.checkpoint import CheckpointLoader
 
     CheckpointLoader.register_scheme(prefixes="", force=True)(read)
@@ -157,37 +168,59 @@ def quiet_deepspeed_collective_warnings() -> None:
 
 
 def flexible_runner_class():
-    """mmengine's FlexibleRunner, or a subclass whose checkpoints record the iteration CheckpointHook gives."""
+    """mmengine's FlexibleRunner, or a subclass whose checkpoints record the iteration CheckpointHook gives
+    and whose DeepSpeed checkpoints pass through the hooks' before_save_checkpoint / after_load_checkpoint."""
     from mmengine.runner import FlexibleRunner
 
-    if not MMENGINE_FLEXIBLE_RUNNER_ITER.needed():
+    fix_iter = MMENGINE_FLEXIBLE_RUNNER_ITER.needed()
+    call_hooks = MMENGINE_DEEPSPEED_CHECKPOINT_CALLBACKS.needed()
+    if not (fix_iter or call_hooks):
         return FlexibleRunner
-    return _checkpoint_iter_flexible_runner()
+    return _checkpoint_fixing_flexible_runner(fix_iter, call_hooks)
 
 
 @cache
-def _checkpoint_iter_flexible_runner():
+def _checkpoint_fixing_flexible_runner(fix_iter: bool, call_hooks: bool):
     from mmengine.runner import FlexibleRunner
 
-    class CheckpointIterFlexibleRunner(FlexibleRunner):
-        """FlexibleRunner whose checkpoints record the caller's meta['iter'] (as Runner does)."""
+    class CheckpointFixingFlexibleRunner(FlexibleRunner):
+        """FlexibleRunner whose checkpoints record the caller's meta['iter'] (as Runner does) and reach the hooks."""
 
         def save_checkpoint(self, out_dir, filename, *args, meta=None, **kwargs):
             given_iter = (meta or {}).get("iter")
             strategy_save = self.strategy.save_checkpoint
 
-            def save_with_given_iter(*save_args, extra_ckpt=None, **save_kwargs):
-                if given_iter is not None:
+            def save_fixed(*save_args, extra_ckpt=None, callback=None, **save_kwargs):
+                if fix_iter and given_iter is not None:
                     extra_ckpt["meta"]["iter"] = given_iter
-                return strategy_save(*save_args, extra_ckpt=extra_ckpt, **save_kwargs)
+                if call_hooks and callback is not None:
+                    callback(extra_ckpt)
+                return strategy_save(*save_args, extra_ckpt=extra_ckpt, callback=callback, **save_kwargs)
 
-            self.strategy.save_checkpoint = save_with_given_iter  # for this save only
+            self.strategy.save_checkpoint = save_fixed  # for this save only
             try:
                 super().save_checkpoint(out_dir, filename, *args, meta=meta, **kwargs)
             finally:
                 del self.strategy.save_checkpoint
 
-    return CheckpointIterFlexibleRunner
+        def resume(self, filename, *args, **kwargs):
+            if not call_hooks:
+                return super().resume(filename, *args, **kwargs)
+            strategy_resume = self.strategy.resume
+
+            def resume_calling_back(*resume_args, callback=None, **resume_kwargs):
+                checkpoint = strategy_resume(*resume_args, callback=callback, **resume_kwargs)
+                if callback is not None:
+                    callback(checkpoint)
+                return checkpoint
+
+            self.strategy.resume = resume_calling_back  # for this resume only
+            try:
+                return super().resume(filename, *args, **kwargs)
+            finally:
+                del self.strategy.resume
+
+    return CheckpointFixingFlexibleRunner
 
 
 # --- transformers --------------------------------------------------------------------------------

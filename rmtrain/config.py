@@ -54,8 +54,17 @@ def _paths_with_value(node, value, prefix=""):
     return found
 
 
-def _check_option_key(cfg: Config, key: str) -> None:
-    """Raise unless every part of the dotted `key` names something the config already has."""
+def _check_option_value(key: str, current, value) -> None:
+    """A number, a boolean or None in the config stays one: `lr=abc` is an error here, not a traceback later."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        if isinstance(current, bool) != isinstance(value, bool) and current is not None:
+            raise ConfigError(f"--cfg-options {key}={value!r}: expected True or False, as the config's {current!r}")
+    elif isinstance(current, (int, float)) and not isinstance(value, (int, float)):
+        raise ConfigError(f"--cfg-options {key}={value!r}: expected a number, as the config's {current!r}")
+
+
+def _check_option_key(cfg: Config, key: str, value=None) -> None:
+    """Raise unless every part of the dotted `key` names something the config already has (and `value` fits it)."""
     if key in DERIVED_MODEL_KEYS and key.split(".")[1] not in cfg.model:
         raise ConfigError(
             f"--cfg-options key '{key}': the model takes {key.split('.')[1]} from the data set; "
@@ -75,6 +84,7 @@ def _check_option_key(cfg: Config, key: str) -> None:
             hint = f" Did you mean: {', '.join('.'.join([*walked, c]) for c in close)}?" if close else ""
             raise ConfigError(f"--cfg-options key '{key}': '{part}' is not a key of {where}.{hint}")
         walked.append(part)
+    _check_option_value(key, node, value)
     top = key.split(".")[0]
     if top not in ENGINE_KEYS:
         value = cfg[top]
@@ -161,10 +171,48 @@ def load_config(config: str, cfg_options: dict | None = None) -> Config:
         cfg = Config.fromfile(str(path))
     except Exception as error:  # a config is Python: show the user what broke and where
         raise ConfigError(f"cannot load config {path}: {type(error).__name__}: {error}") from error
-    for key in cfg_options or {}:
-        _check_option_key(cfg, key)
+    for key, value in (cfg_options or {}).items():
+        _check_option_key(cfg, key, value)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     check_config(cfg, path)
     derive_model_settings(cfg)
     return cfg
+
+
+# --- the settings an exported folder keeps as data -------------------------------------------------
+
+EXPORT_SETTINGS_FILE = "rmtrain_config.json"  # beside rmtrain_config.py: what eval and serve read, never executed
+EXPORT_SETTINGS_FORMAT = 1
+
+
+def export_settings(cfg: Config, chat_template: str | None) -> dict:
+    """What `rmtrain eval` and `rmtrain serve` need of the training config, as plain JSON data."""
+    inputs = scoring_inputs(cfg)
+    return dict(
+        format=EXPORT_SETTINGS_FORMAT,
+        training_config=os.path.basename(cfg.filename),
+        max_length=inputs.max_length,
+        reward_token_id=inputs.reward_token_id,
+        chat_template=chat_template,
+    )
+
+
+def read_export_settings(folder: str) -> dict | None:
+    """The folder's rmtrain_config.json (None when it has none); ConfigError when it is not the expected data."""
+    import json
+
+    path = os.path.join(folder, EXPORT_SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            settings = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not readable JSON ({error})") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(settings).__name__}")
+    max_length = settings.get("max_length")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+        raise ConfigError(f"{path}, field 'max_length': expected a positive integer, found {max_length!r}")
+    return settings

@@ -18,6 +18,7 @@ validation data, the verified export scores it and the score mean and std go int
 """
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from mmengine.logging import print_log
 
 from rmtrain.builder import build
 from rmtrain.checkpoints import load_model_weights, read_model_state_dict
-from rmtrain.config import load_config, scoring_inputs
+from rmtrain.config import EXPORT_SETTINGS_FILE, export_settings, load_config, scoring_inputs
 from rmtrain.engine.precision import autocast_context
 from rmtrain.errors import RmtrainError
 from rmtrain.normalization import measure_normalization, write_normalization
@@ -294,11 +295,12 @@ def convert_pth_to_hf(
     max_shard_size: str = "2GB",
     verify: bool = True,
     overwrite: bool = False,
+    trust_checkpoint: bool = False,
 ) -> float | None:
     """Export; returns the largest score difference found by the verification (None when skipped)."""
     cfg = load_config(config)
     _check_save_dir(save_dir, overwrite)
-    state_dict = read_model_state_dict(pth)
+    state_dict = read_model_state_dict(pth, trust_checkpoint)
 
     reward_model = build(cfg.model)
     load_model_weights(reward_model, state_dict, pth)
@@ -330,7 +332,10 @@ def convert_pth_to_hf(
 
         for path in INTERNLM2_MODELING_FILES:
             shutil.copy(path, partial)
-    shutil.copy(cfg.filename, os.path.join(partial, "rmtrain_config.py"))
+    shutil.copy(cfg.filename, os.path.join(partial, "rmtrain_config.py"))  # the record; never executed on load
+    with open(os.path.join(partial, EXPORT_SETTINGS_FILE), "w", encoding="utf-8") as settings:
+        json.dump(export_settings(cfg, template), settings, indent=2)
+        settings.write("\n")
     architecture = type(exported).__name__
     with open(os.path.join(partial, "README.md"), "w") as readme:
         readme.write(_readme(architecture, reward_token_id, tokenizer.pad_token_id, is_internlm2))

@@ -45,3 +45,7 @@ class EvaluationError(RmtrainError):
 
 class CheckpointError(RmtrainError):
     """A checkpoint cannot be read, or does not fit the model the config builds."""
+
+
+class TrainingError(RmtrainError):
+    """Training stopped because continuing could not produce a useful model (e.g. no gradient at all)."""

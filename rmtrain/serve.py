@@ -78,9 +78,17 @@ class RequestError(Exception):
 class RewardScorer:
     """The model and its encoding: requests -> token ids (validated), token ids -> scores."""
 
-    def __init__(self, model: str, config: str | None, max_length: int | None, normalize: bool):
-        source = RewardModelSource(model, config)
-        encoding = source.encoding()
+    def __init__(
+        self,
+        model: str,
+        config: str | None,
+        max_length: int | None,
+        normalize: bool,
+        trust_remote_code: bool = False,
+        trust_checkpoint: bool = False,
+    ):
+        source = RewardModelSource(model, config, trust_remote_code, trust_checkpoint)
+        encoding = source.encoding(max_length)
         self.model = model
         self.tokenizer = encoding.tokenizer
         self.reward_token_id = encoding.reward_token_id
@@ -412,6 +420,8 @@ def serve(
     api_key: str | None = None,
     normalize: bool = False,
     limits: ServeLimits | None = None,
+    trust_remote_code: bool = False,
+    trust_checkpoint: bool = False,
 ) -> None:
     """Load the model and answer requests until interrupted (Ctrl-C or SIGTERM)."""
     import uvicorn
@@ -420,7 +430,7 @@ def serve(
     limits.check()
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {port}")
-    scorer = RewardScorer(model, config, max_length, normalize)
+    scorer = RewardScorer(model, config, max_length, normalize, trust_remote_code, trust_checkpoint)
     app = build_app(scorer, limits, api_key or None)
     if host not in LOOPBACK_HOSTS and not api_key:
         print_log(

@@ -9,13 +9,16 @@ from pathlib import Path
 _LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "ADDR", "PORT")
 
 
-def run_rmtrain(*args, cwd, nproc: int = 1, pythonpath=(), env=None, check: bool = True, timeout: float = 900):
+def run_rmtrain(
+    *args, cwd, nproc: int = 1, pythonpath=(), env=None, check: bool = True, timeout: float = 900, new_session=False
+):
     """`rmtrain ARGS` in a fresh process (`python -m rmtrain.cli`); returns the CompletedProcess.
 
     nproc > 1 sets NPROC_PER_NODE (torchrun). `pythonpath`: folders put in front of PYTHONPATH (for
     map functions or hooks that a test's config imports). `env`: extra variables. Collectives time
     out after 2 minutes, so a broken multi-process test fails instead of hanging. check=True raises
-    with the end of stderr when the command fails.
+    with the end of stderr when the command fails. new_session: the command gets its own process group
+    (one a test may kill whole).
     """
     environment = {key: value for key, value in os.environ.items() if key not in _LAUNCH_VARIABLES}
     environment["RMTRAIN_DIST_TIMEOUT_MINUTES"] = "2"
@@ -25,7 +28,15 @@ def run_rmtrain(*args, cwd, nproc: int = 1, pythonpath=(), env=None, check: bool
     environment["PYTHONPATH"] = os.pathsep.join(folders + [os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
     environment.update(env or {})
     command = [sys.executable, "-m", "rmtrain.cli", *map(str, args)]
-    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=new_session,
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"rmtrain {' '.join(map(str, args))} failed ({result.returncode}):\n"

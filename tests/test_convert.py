@@ -138,7 +138,14 @@ def test_export_reloads_with_transformers_alone_and_scores_the_same(trained, tmp
     result = rmtrain("convert", "pth_to_hf", str(config), str(checkpoint), str(out), "--fp32", cwd=config.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "verification:" in result.stdout + result.stderr
-    for file in ("config.json", "model.safetensors", "tokenizer.json", "rmtrain_config.py", "README.md"):
+    for file in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "rmtrain_config.py",
+        "rmtrain_config.json",
+        "README.md",
+    ):
         assert (out / file).is_file(), file
 
     reference, ids = training_scores(config, checkpoint, CONVERSATIONS)

@@ -156,7 +156,7 @@ def test_eval_of_folder_and_checkpoint_agree_and_report_per_category(models, tmp
 
     saved = json.loads(summary_path(str(tmp_path / "hf.jsonl")).read_text())
     assert saved["accuracy"] == pytest.approx(summary["accuracy"])
-    assert saved["max_length_from"] == "rmtrain_config.py"  # the folder's copy of the training config
+    assert saved["max_length_from"] == "rmtrain_config.json"  # the settings the conversion kept as data
     assert "per 'category':" in table and "uppercase" in table
     assert f"accuracy  {summary['accuracy']:.4f}" in table
 
@@ -285,3 +285,97 @@ def test_eval_reads_compressed_parquet_and_csv_files(models, tmp_path, suffix):
     assert summary["pairs"] == 2 and summary["subsets"] == {
         "s": {"pairs": 2, "correct": summary["correct"], "accuracy": summary["accuracy"]}
     }
+
+
+# ---- a folder is data, not code ----------------------------------------------------------------------
+
+PAYLOAD = "open({marker!r}, 'w').write('ran')\n"
+
+
+def _folder_copy(models, tmp_path: Path) -> Path:
+    import shutil
+
+    folder = tmp_path / "hf"
+    shutil.copytree(models["folder"], folder)
+    return folder
+
+
+def test_eval_never_executes_the_folders_config(models, tmp_path):
+    folder = _folder_copy(models, tmp_path)
+    marker = tmp_path / "ran"
+    config_py = folder / "rmtrain_config.py"
+    config_py.write_text(PAYLOAD.format(marker=str(marker)) + config_py.read_text())
+    summary = evaluate_reward_model(str(folder), str(models["data"]))
+    assert summary["max_length_from"] == "rmtrain_config.json" and summary["max_length"] == 96
+    assert not marker.exists()
+
+
+def test_a_folder_with_only_its_python_config_needs_the_users_consent(models, tmp_path, capsys):
+    folder = _folder_copy(models, tmp_path)
+    marker = tmp_path / "ran"
+    (folder / "rmtrain_config.json").unlink()
+    config_py = folder / "rmtrain_config.py"
+    config_py.write_text(PAYLOAD.format(marker=str(marker)) + config_py.read_text())
+    assert cli.main(["eval", str(folder), str(models["data"])]) == 2
+    err = capsys.readouterr().err
+    assert "re-export" in err.lower() and "--trust-remote-code" in err
+    assert not marker.exists()
+    # --max-length gives what the config would: nothing of the folder needs to run.
+    assert evaluate_reward_model(str(folder), str(models["data"]), max_length=96)["pairs"] == 30
+    assert not marker.exists()
+    # The user's explicit consent runs it (the old behaviour).
+    summary = evaluate_reward_model(str(folder), str(models["data"]), trust_remote_code=True)
+    assert summary["max_length_from"] == "rmtrain_config.py" and marker.exists()
+
+
+def _internlm2_reward_folder(folder: Path) -> Path:
+    from rmtrain.model.internlm2 import InternLM2Config, InternLM2ForRewardModel
+
+    config = InternLM2Config(
+        vocab_size=1024,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        reward_token_id=3,
+    )
+    torch.manual_seed(0)
+    InternLM2ForRewardModel(config).save_pretrained(folder)
+    build_demo_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_an_internlm2_folders_tokenizer_code_does_not_run_without_consent(tmp_path, capsys):
+    # InternLM2's published tokenizer is code in the folder; eval used to pass trust_remote_code=True for it.
+    folder = _internlm2_reward_folder(tmp_path / "internlm2_rm")
+    marker = tmp_path / "ran"
+    (folder / "tokenization_internlm2.py").write_text(
+        PAYLOAD.format(marker=str(marker))
+        + "from transformers import PreTrainedTokenizerFast\n\n\nclass InternLM2TokenizerFast(PreTrainedTokenizerFast):\n"
+        "    pass\n"
+    )
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config.update(
+        tokenizer_class="InternLM2TokenizerFast",
+        auto_map={"AutoTokenizer": [None, "tokenization_internlm2.InternLM2TokenizerFast"]},
+    )
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    data = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    code = cli.main(["eval", str(folder), str(data)])
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert code == 0 or "--trust-remote-code" in err  # loaded without the code, or refused saying how to allow it
+
+
+def test_eval_refuses_a_folder_whose_score_head_is_missing(models, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = _folder_copy(models, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    del weights["score.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    assert cli.main(["eval", str(folder), str(models["data"])]) == 2
+    err = capsys.readouterr().err
+    assert "score.weight" in err and str(folder) in err

@@ -3,6 +3,9 @@
 Flow: load records -> map function (record -> prompt/chosen/rejected messages, checked) ->
 `encode_conversation` for each side (template, truncation, reward token) -> PreferenceDataset.
 Every unusable record stops the build with an error naming the file, the record and the field.
+A pair whose chosen and rejected sides tokenise identically carries no preference (its loss has
+zero gradient): such pairs are counted and dropped with a warning, and a data set of only such
+pairs is an error.
 """
 
 import logging
@@ -44,7 +47,7 @@ class _MapRecord:
         index = position if self.record_indices is None else self.record_indices[position]
         try:
             try:
-                mapped = self.map_fn(record) if self.map_fn is not None else record
+                mapped = self._apply_map_fn(record)
                 # The check also normalises plain-string prompts/responses into message lists.
                 checked = messages_preference_map_fn(mapped)
             except RecordFieldError as error:
@@ -76,6 +79,23 @@ class _MapRecord:
             "record_index": index,
             "error": None,
         }
+
+    def _apply_map_fn(self, record: dict) -> dict:
+        if self.map_fn is None:
+            return record
+        try:
+            mapped = self.map_fn(record)
+        except (RecordFieldError, KeyError):
+            raise
+        except Exception as error:  # not a map function at all, or one that breaks on this record
+            name = getattr(self.map_fn, "__qualname__", repr(self.map_fn))
+            raise RecordFieldError("*", f"the map function {name} failed: {type(error).__name__}: {error}") from None
+        if not isinstance(mapped, dict):
+            name = getattr(self.map_fn, "__qualname__", repr(self.map_fn))
+            raise RecordFieldError(
+                "*", f"the map function {name} returned a {type(mapped).__name__}, not a record dict"
+            )
+        return mapped
 
 
 class _EncodePair:
@@ -142,6 +162,7 @@ class PreferenceDataset:
             f"(max_length {s['max_length']}); prompt cut from the left in {s['prompt_cut_pairs']} pairs, "
             f"chosen response cut in {s['chosen_cut_pairs']}, rejected response cut in "
             f"{s['rejected_cut_pairs']}; {s['dropped_pairs']} dropped"
+            + (f" ({s['identical_pairs']} with chosen identical to rejected)" if s.get("identical_pairs") else "")
         )
 
 
@@ -154,6 +175,32 @@ def _keep_part(records: datasets.Dataset, val_split, split_seed: int, split: str
         f"{split} part: {len(indices)} of {len(records)} records, val_split={val_split}, split_seed={split_seed}"
     )
     return records.select(indices), indices, description
+
+
+def _drop_identical_pairs(encoded: datasets.Dataset, source: str) -> tuple[datasets.Dataset, int]:
+    """(the pairs whose two sides differ, how many were dropped); DataError when no pair differs."""
+    chosen, rejected = encoded["chosen_ids"], encoded["rejected_ids"]
+    identical = [position for position, (c, r) in enumerate(zip(chosen, rejected)) if c == r]
+    if not identical:
+        return encoded, 0
+    records = [encoded[position]["record_index"] for position in identical[:5]]
+    if len(identical) == len(encoded):
+        raise DataError(
+            source,
+            records[0],
+            "rejected",
+            f"identical to 'chosen' (after the chat template and truncation) in every one of the {len(encoded)} "
+            "pairs: there is no preference to learn",
+        )
+    print_log(
+        f"{source}: dropped {len(identical)} of {len(encoded)} pairs whose chosen and rejected are identical "
+        f"(after the chat template and truncation; they carry no preference), records "
+        f"{', '.join(map(str, records))}{' ...' if len(identical) > 5 else ''}",
+        logger="current",
+        level=logging.WARNING,
+    )
+    keep = sorted(set(range(len(encoded))) - set(identical))
+    return encoded.select(keep), len(identical)
 
 
 def build_preference_dataset(
@@ -237,6 +284,7 @@ def build_preference_dataset(
             load_from_cache_file=False,
             desc="tokenize pairs",
         )
+    encoded, identical = _drop_identical_pairs(encoded, source)
     counts = encoded.select_columns(
         ["chosen_prompt_cut", "rejected_prompt_cut", "chosen_response_cut", "rejected_response_cut"]
     ).to_dict()
@@ -251,7 +299,8 @@ def build_preference_dataset(
         ),
         "chosen_cut_pairs": sum(1 for n in counts["chosen_response_cut"] if n),
         "rejected_cut_pairs": sum(1 for n in counts["rejected_response_cut"] if n),
-        "dropped_pairs": len(errors),  # truncation keeps every pair; only unusable records drop
+        "dropped_pairs": len(errors) + identical,  # truncation keeps every pair; unusable and identical ones drop
+        "identical_pairs": identical,
     }
     dataset_out = PreferenceDataset(
         encoded.select_columns(["chosen_ids", "rejected_ids", "margin", "record_index"]), summary
@@ -260,3 +309,17 @@ def build_preference_dataset(
         dataset_out = PackedPreferenceDataset(dataset_out, max_packed_length, seed=pack_seed)
     print_log(dataset_out.summary_text(), logger="current")
     return dataset_out
+
+
+def largest_token_id(dataset) -> int:
+    """The largest token id in a (packed) preference data set's pairs; -1 without any."""
+    import pyarrow.compute as pc
+
+    pairs = dataset.pairs.pairs if isinstance(dataset.pairs, PreferenceDataset) else dataset.pairs
+    table = pairs.data.table
+    largest = -1
+    for column in ("chosen_ids", "rejected_ids"):
+        value = pc.max(pc.list_flatten(table.column(column))).as_py()
+        if value is not None:
+            largest = max(largest, value)
+    return largest

@@ -9,6 +9,7 @@ DeepSpeedStrategy: same data, hooks, logs and seed; DeepSpeed owns the optimizer
 import logging
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,12 +17,20 @@ from mmengine.logging import print_log
 from mmengine.runner import FlexibleRunner, Runner, set_random_seed
 
 from rmtrain.builder import build
-from rmtrain.checkpoints import checkpoint_seed, find_resume_checkpoint, is_deepspeed_checkpoint, trust_for_resume
+from rmtrain.checkpoints import (
+    check_deepspeed_folder,
+    checkpoint_seed,
+    find_resume_checkpoint,
+    is_deepspeed_checkpoint,
+    use_safe_reader_for_mmengine,
+)
 from rmtrain.compat import ddp_wrapper_config, flexible_runner_class
 from rmtrain.config import load_config
+from rmtrain.data.preference_dataset import largest_token_id
+from rmtrain.engine.checkpoint_hook import AtomicCheckpointHook
 from rmtrain.engine.deepspeed import deepspeed_runner_kwargs, match_partitioned_dtype, zero3_construction
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
-from rmtrain.engine.hooks import GradientAccumulationStateHook
+from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelHook, ZeroGradientStopHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.memory import check_gpu_memory
@@ -94,7 +103,50 @@ def _align_checkpoints_to_accumulation(cfg, logger_print, deepspeed: bool) -> No
         )
 
 
-def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
+def _default_hooks(cfg) -> dict | None:
+    """The config's default hooks, mmengine's CheckpointHook replaced by AtomicCheckpointHook with the same settings.
+
+    A copy: the config itself (saved into every checkpoint as text) keeps naming CheckpointHook.
+    """
+    from mmengine.hooks import CheckpointHook
+
+    hooks = cfg.get("default_hooks")
+    checkpoint = (hooks or {}).get("checkpoint")
+    if not checkpoint or checkpoint.get("type") not in (
+        CheckpointHook,
+        "CheckpointHook",
+        "mmengine.hooks.CheckpointHook",
+    ):
+        return hooks
+    return dict(hooks, checkpoint=dict(checkpoint, type=AtomicCheckpointHook))
+
+
+def _check_work_dir(work_dir: str) -> None:
+    """The work dir exists and takes files, before any data or model is built."""
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=work_dir, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"work dir {work_dir}: cannot write there ({error.strerror or error})") from None
+
+
+def _check_vocabulary(runner, dataset) -> None:
+    """Every token id of the data has a row in the model's embeddings (else: an IndexError at the first step)."""
+    model = getattr(runner.model, "module", runner.model)
+    trunk = getattr(model, "model", None)
+    if trunk is None or not hasattr(trunk, "get_input_embeddings"):
+        return
+    rows = trunk.get_input_embeddings().num_embeddings
+    largest = largest_token_id(dataset)
+    if largest >= rows:
+        raise ConfigError(
+            f"the tokenizer gives token id {largest}, but the model's vocabulary has only {rows} entries "
+            f"(vocab_size {rows}): use the model's own tokenizer, or a model config with vocab_size > {largest}"
+        )
+
+
+def _runner_class_and_kwargs(cfg, deepspeed: str | None, resume_from: str | None) -> tuple[type, dict]:
     """Runner with the config's optimizer wrapper (DDP in multi-process runs), or FlexibleRunner with DeepSpeed."""
     if deepspeed:
         # FlexibleRunner builds the model late, after its data loader has drawn from the random
@@ -104,11 +156,14 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None) -> tuple[type, dict]:
         with zero3_construction(kwargs["strategy"]["config"]):  # ZeRO-3: each rank builds only its partition
             model = build(cfg.model)
         match_partitioned_dtype(model)
-        return flexible_runner_class(), dict(kwargs, model=model, custom_hooks=cfg.get("custom_hooks"))
+        custom_hooks = list(cfg.get("custom_hooks") or []) + [ZeroGradientStopHook()]
+        return flexible_runner_class(), dict(kwargs, model=model, custom_hooks=custom_hooks)
     if is_distributed():
         cfg.model_wrapper_cfg = ddp_wrapper_config(on_gpu=torch.cuda.is_available())
     # Saves and restores gradients accumulated mid-window (DeepSpeed runs save only at window ends).
-    custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook()]
+    custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook(), ZeroGradientStopHook()]
+    if resume_from:
+        custom_hooks.append(ResumeFitsModelHook(resume_from))
     return Runner, dict(model=cfg.model, optim_wrapper=cfg.optim_wrapper, custom_hooks=custom_hooks)
 
 
@@ -120,6 +175,7 @@ def train(
     cfg_options: dict | None = None,
     launcher: str = "none",
     deepspeed: str | None = None,
+    trust_checkpoint: bool = False,
 ) -> Runner | FlexibleRunner:
     _check_launch(launcher)
     if deepspeed and launcher == "none":
@@ -129,17 +185,19 @@ def train(
         init_distributed(launcher)
     cfg = load_config(config, cfg_options)
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
-    os.makedirs(work_dir, exist_ok=True)
+    _check_work_dir(work_dir)
     if torch.cuda.is_available():  # a launch that cannot hold the model states fails now, not at the first step
         check_gpu_memory(cfg, deepspeed, world_size(), _warn)
 
     resume_from = find_resume_checkpoint(resume, work_dir)
     _check_resume_kind(resume_from, deepspeed)
-    trust_for_resume([work_dir] + ([os.path.dirname(resume_from)] if resume_from else []))
+    use_safe_reader_for_mmengine(trust=trust_checkpoint)
+    if resume_from and is_deepspeed_checkpoint(resume_from):
+        check_deepspeed_folder(resume_from, trust=trust_checkpoint)  # DeepSpeed itself unpickles in full
     # The sampler's shuffle order comes from the seed: a resumed run must reuse the one it started with.
     randomness = dict(cfg.get("randomness") or {})
     if seed is None and resume_from:
-        seed = checkpoint_seed(resume_from)
+        seed = checkpoint_seed(resume_from, trust=trust_checkpoint)
     if seed is None:
         seed = randomness.get("seed")
     randomness["seed"] = _share_seed(seed)
@@ -172,13 +230,13 @@ def train(
             val_cfg=validation_loop_config(cfg.val_cfg),
         )
 
-    runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed)
+    runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed, resume_from)
     runner = runner_class(
         work_dir=work_dir,
         train_dataloader=train_dataloader,
         train_cfg=cfg.train_cfg,
         param_scheduler=cfg.get("param_scheduler"),
-        default_hooks=cfg.get("default_hooks"),
+        default_hooks=_default_hooks(cfg),
         log_processor=cfg.get("log_processor") or dict(type=RewardLogProcessor, by_epoch=False),
         visualizer=cfg.get("visualizer"),
         env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="nccl"))),
@@ -191,6 +249,7 @@ def train(
         **validation,
         **runner_kwargs,
     )
+    _check_vocabulary(runner, train_dataset)
     runner.logger.info(train_dataset.summary_text())
     if validates:
         runner.logger.info(f"validation: {val_dataset.summary_text()}")

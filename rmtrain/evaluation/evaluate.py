@@ -113,6 +113,8 @@ def evaluate_reward_model(
     skip_bad_records: bool = False,
     normalize: bool = False,
     write_stats: bool = False,
+    trust_remote_code: bool = False,
+    trust_checkpoint: bool = False,
 ) -> dict:
     """Score every pair of `data` with `model` and return the summary (see `preference_metrics` for its metrics).
 
@@ -123,17 +125,18 @@ def evaluate_reward_model(
     `skip_bad_records`: drop (and count) records the map function cannot read instead of stopping.
     `normalize`: report `(score - mean) / std` with the statistics in the folder's config.json.
     `write_stats`: measure those statistics on `data` (raw scores) and write them into the folder.
+    `trust_remote_code`: let a folder's own Python run; `trust_checkpoint`: unpickle a checkpoint in full.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     data_cfg = data_file_config(data)
     records = load_raw_records(data_cfg)  # a missing or unreadable file fails before any model is loaded
-    source = RewardModelSource(model, config)
+    source = RewardModelSource(model, config, trust_remote_code, trust_checkpoint)
     if (normalize or write_stats) and source.is_checkpoint:
         flag = "--normalize" if normalize else "--write-stats"
         raise ConfigError(f"{flag} needs a folder from `rmtrain convert pth_to_hf`; {model} is a training checkpoint")
     normalization = require_normalization(model) if normalize and not write_stats else None
-    encoding = source.encoding()
+    encoding = source.encoding(max_length)
     max_length_from = "--max-length" if max_length else encoding.max_length_from
     max_length = max_length or encoding.max_length
     # The same builder as training: records that training would refuse are refused here, by file, record and field.

@@ -12,6 +12,11 @@ score is read. What each kind of model contributes:
 
 The tokenizer side (`encoding`) is separate from the weights (`score_modules`), so the data can be
 read and checked before a large model is loaded.
+
+A folder is data, not code: its settings come from `rmtrain_config.json`, its tokenizer and model from
+transformers' own or rmtrain's registered classes. Its Python files (`rmtrain_config.py`, a tokenizer's
+or a model's code) run only with `trust_remote_code=True` (the user's --trust-remote-code). Weights that
+do not fit the model's class (missing or unexpected keys) are an error, never a randomly initialised head.
 """
 
 import logging
@@ -25,13 +30,14 @@ from torch import nn
 
 from rmtrain.builder import build
 from rmtrain.checkpoints import is_checkpoint, load_model_weights, read_model_state_dict
-from rmtrain.config import load_config, scoring_inputs
+from rmtrain.config import EXPORT_SETTINGS_FILE, load_config, read_export_settings, scoring_inputs
 from rmtrain.engine.precision import bf16_native
 from rmtrain.errors import ConfigError, EvaluationError, RmtrainError
 from rmtrain.scoring import reward_token_or_none
 
-DEFAULT_MAX_LENGTH = 2048  # when neither a config nor the folder's rmtrain_config.py gives one
-EXPORTED_CONFIG = "rmtrain_config.py"  # the training config that `rmtrain convert` saves in the folder
+DEFAULT_MAX_LENGTH = 2048  # when neither a config nor the folder's rmtrain_config.json gives one
+EXPORTED_CONFIG = "rmtrain_config.py"  # the training config that `rmtrain convert` saves in the folder, as a record
+REMOTE_CODE_FLAG = "--trust-remote-code"
 
 
 @dataclass
@@ -42,7 +48,7 @@ class Encoding:
     reward_token_id: int | None
     chat_template: str | None  # a named template or Jinja text; None: the tokenizer's own
     max_length: int
-    max_length_from: str  # 'config', 'rmtrain_config.py' or 'default', for the report
+    max_length_from: str  # 'config', 'rmtrain_config.json', 'rmtrain_config.py' or 'default', for the report
 
 
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
@@ -60,7 +66,7 @@ def _no_reward_model(folder: str, what: str) -> EvaluationError:
     )
 
 
-def _reward_folder_config(folder: str):
+def _reward_folder_config(folder: str, trust_remote_code: bool):
     """The folder's transformers config, if it describes a model with one scalar score; EvaluationError otherwise."""
     from transformers import AutoConfig
 
@@ -68,7 +74,14 @@ def _reward_folder_config(folder: str):
 
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise _no_reward_model(folder, "no config.json")
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:
+        raise EvaluationError(
+            f"{folder}/config.json does not load with transformers' or rmtrain's classes "
+            f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); a model "
+            f"defined by the folder's own code loads only with {REMOTE_CODE_FLAG}"
+        ) from None
     architectures = list(getattr(config, "architectures", None) or [])
     if "InternLM2ForRewardModel" in architectures:
         return config
@@ -91,17 +104,22 @@ class RewardModelSource:
     `config` when given, else the folder's rmtrain_config.py when it loads here, else DEFAULT_MAX_LENGTH.
     """
 
-    def __init__(self, model: str, config: str | None = None):
+    def __init__(
+        self, model: str, config: str | None = None, trust_remote_code: bool = False, trust_checkpoint: bool = False
+    ):
         self.model = model
+        self.trust_remote_code = trust_remote_code
+        self.trust_checkpoint = trust_checkpoint
         self.is_checkpoint = is_checkpoint(model)
         self.cfg = load_config(config) if config is not None else None
         if self.is_checkpoint and self.cfg is None:
             raise ConfigError(f"{model} is a training checkpoint: give the config it was trained with (--config CFG)")
         if not self.is_checkpoint and not os.path.isdir(model):
             raise EvaluationError(f"model not found: {model} is neither a model folder nor a checkpoint file")
-        self.folder_config = None if self.is_checkpoint else _reward_folder_config(model)
+        self.folder_config = None if self.is_checkpoint else _reward_folder_config(model, trust_remote_code)
 
-    def encoding(self) -> Encoding:
+    def encoding(self, max_length: int | None = None) -> Encoding:
+        """The tokenizer and scoring inputs; `max_length` (the user's --max-length) replaces the model's own."""
         if self.is_checkpoint:
             inputs = scoring_inputs(self.cfg)
             return Encoding(
@@ -114,12 +132,14 @@ class RewardModelSource:
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.model, trust_remote_code=_is_internlm2_reward_model(self.folder_config)
-            )
+            tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as error:
-            raise EvaluationError(f"{self.model} has no tokenizer that transformers can load: {error}") from error
-        max_length, max_length_from = self._folder_max_length()
+            raise EvaluationError(
+                f"{self.model} has no tokenizer that transformers can load without running the folder's code "
+                f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); "
+                f"a tokenizer defined by the folder's own Python loads only with {REMOTE_CODE_FLAG}"
+            ) from None
+        max_length, max_length_from = (max_length, "--max-length") if max_length else self._folder_max_length()
         return Encoding(
             tokenizer=tokenizer,
             reward_token_id=reward_token_or_none(getattr(self.folder_config, "reward_token_id", None)),
@@ -131,9 +151,18 @@ class RewardModelSource:
     def _folder_max_length(self) -> tuple[int, str]:
         if self.cfg is not None:
             return scoring_inputs(self.cfg).max_length, "config"
+        settings = read_export_settings(self.model)
+        if settings is not None:
+            return settings["max_length"], EXPORT_SETTINGS_FILE
         path = os.path.join(self.model, EXPORTED_CONFIG)
         if not os.path.isfile(path):
             return DEFAULT_MAX_LENGTH, "default"
+        if not self.trust_remote_code:
+            raise EvaluationError(
+                f"{self.model} has {EXPORTED_CONFIG} but no {EXPORT_SETTINGS_FILE}: rmtrain does not execute a "
+                f"folder's Python. Re-export with this version (`rmtrain convert pth_to_hf`), give --max-length "
+                f"or --config, or pass {REMOTE_CODE_FLAG} to run {EXPORTED_CONFIG}"
+            )
         try:
             return scoring_inputs(load_config(path)).max_length, EXPORTED_CONFIG
         except RmtrainError as error:  # e.g. it imports a module that lived beside the original config
@@ -157,16 +186,36 @@ class RewardModelSource:
     def _checkpoint_modules(self) -> tuple[nn.Module, nn.Module, str]:
         # The same readers and checks as the conversion (a trained value head, every key fitting the model).
         reward_model = build(self.cfg.model)
-        load_model_weights(reward_model, read_model_state_dict(self.model), self.model)
+        load_model_weights(reward_model, read_model_state_dict(self.model, self.trust_checkpoint), self.model)
         return reward_model.model, reward_model.v_head, f"RewardModel of {os.path.basename(self.cfg.filename)}"
 
     def _folder_modules(self, dtype: torch.dtype) -> tuple[nn.Module, nn.Module, str]:
         if _is_internlm2_reward_model(self.folder_config):
             from rmtrain.model.internlm2 import InternLM2ForRewardModel
 
-            model = InternLM2ForRewardModel.from_pretrained(self.model, dtype=dtype)
+            # rmtrain's own class, never the folder's copy of it
+            model, info = InternLM2ForRewardModel.from_pretrained(self.model, dtype=dtype, output_loading_info=True)
+            _check_loading_info(self.model, info)
             return model.model, model.v_head, type(model).__name__
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(self.model, dtype=dtype)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            self.model, dtype=dtype, trust_remote_code=self.trust_remote_code, output_loading_info=True
+        )
+        _check_loading_info(self.model, info)
         return model.base_model, model.score, type(model).__name__
+
+
+def _check_loading_info(folder: str, info: dict) -> None:
+    """Every weight of the model's class is in the folder and every weight in the folder is used."""
+    problems = []
+    for label in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(key if isinstance(key, str) else key[0]) for key in info.get(label) or [])
+        if keys:
+            shown = ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+            problems.append(f"{len(keys)} {label.replace('_keys', '')}: {shown}")
+    if problems:
+        raise EvaluationError(
+            f"{folder}: its weights do not fit its config.json's model ({'; '.join(problems)}); refusing to score "
+            "with randomly initialised weights"
+        )

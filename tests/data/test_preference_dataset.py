@@ -93,7 +93,8 @@ def test_summary_counts_truncation():
         _record(prompt=LONG_TEXT),  # prompt cut on both sides
         _record(prompt=None, chosen=LONG_TEXT),  # chosen response cut (no prompt to cut)
         _record(prompt=None, rejected=LONG_TEXT),  # rejected response cut
-        _record(prompt=LONG_TEXT, chosen=LONG_TEXT, rejected=LONG_TEXT),  # everything cut
+        # everything cut (the rejected side starts differently: identical sides would be dropped)
+        _record(prompt=LONG_TEXT, chosen=LONG_TEXT, rejected="No. " + LONG_TEXT),
     ]
     out = _build(datasets.Dataset.from_list(records))
     s = out.summary
@@ -314,3 +315,23 @@ def test_no_chat_template_raises_and_named_template_works():
 def test_no_reward_token():
     out = _build(datasets.Dataset.from_list([_record()]), reward_token_id=-1)
     assert REWARD not in out[0]["chosen_ids"]
+
+
+# --- pairs without a preference ---------------------------------------------------------------------
+
+
+def test_identical_pairs_are_counted_and_dropped(tmp_path):
+    records = [_record(), _record("Say hi", "Hi!", "Hi!"), _record("Name a colour.", "Red", "Blue")]
+    path = _write_jsonl(tmp_path / "pairs.jsonl", records)
+    out = _build(dict(type=load_jsonl_dataset, data_files=str(path)))
+    assert len(out) == 2 and list(out.pairs["record_index"]) == [0, 2]
+    assert out.summary["identical_pairs"] == 1 and out.summary["dropped_pairs"] == 1
+    assert "1 with chosen identical to rejected" in out.summary_text()
+
+
+def test_a_data_set_of_only_identical_pairs_is_an_error(tmp_path):
+    path = _write_jsonl(tmp_path / "pairs.jsonl", [_record("Say hi", "Hi!", "Hi!"), _record("Yes?", "Yes", "Yes")])
+    with pytest.raises(DataError) as info:
+        _build(dict(type=load_jsonl_dataset, data_files=str(path)))
+    assert info.value.source == str(path) and info.value.index == 0 and info.value.field == "rejected"
+    assert "identical" in str(info.value)
