@@ -301,3 +301,23 @@ def messages_preference_map_fn(record: Mapping[str, Any]) -> dict[str, Any]:
         prompt = _check_messages(prompt, "prompt")
     chosen, rejected = _response_messages(record, "chosen"), _response_messages(record, "rejected")
     return _finish(record, prompt, chosen, rejected)
+
+
+REFERENCE_WRAPPERS = ("sft", "pretrain")
+
+
+@register_map_fn("reference_preference_map_fn")
+def reference_preference_map_fn(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Reference-conditioned (POLAR) data, validated: ``prompt``, ``reference``, ``chosen``, ``rejected``
+    lists of {role, content} (strings are one message each), and an optional ``wrapper``: "sft"
+    (the default) or "pretrain". The reference is the answer that the candidates are judged against.
+    """
+    out = messages_preference_map_fn(record)
+    out["reference"] = _response_messages(record, "reference")
+    wrapper = record.get("wrapper")
+    if wrapper is None:
+        wrapper = "sft"
+    if wrapper not in REFERENCE_WRAPPERS:
+        raise RecordFieldError("wrapper", f"expected one of {', '.join(REFERENCE_WRAPPERS)}, got {wrapper!r}")
+    out["wrapper"] = wrapper
+    return out

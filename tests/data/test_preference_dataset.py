@@ -314,3 +314,45 @@ def test_no_chat_template_raises_and_named_template_works():
 def test_no_reward_token():
     out = _build(datasets.Dataset.from_list([_record()]), reward_token_id=-1)
     assert REWARD not in out[0]["chosen_ids"]
+
+
+# --- reference-conditioned (POLAR) data --------------------------------------------------------
+
+
+def _reference_record(prompt="a b c d", reference="x y", chosen="5", rejected="6", wrapper=None):
+    record = _record(prompt, chosen, rejected)
+    record["reference"] = _msgs("assistant", reference)
+    if wrapper is not None:
+        record["wrapper"] = wrapper
+    return record
+
+
+def test_reference_data_uses_the_reference_rule_and_counts_cuts():
+    from rmtrain.scoring import encode_reference_sequence
+
+    tokenizer = build_demo_tokenizer()
+    records = [_reference_record(wrapper="sft"), _reference_record(reference="x y z w", wrapper="pretrain")]
+    pairs = _build(
+        datasets.Dataset.from_list(records), tokenizer, is_reference=True, max_response_length=2, max_length=64
+    )
+    for record, item in zip(records, pairs):
+        for side in ("chosen", "rejected"):
+            expected = encode_reference_sequence(
+                tokenizer, record["prompt"], record["reference"], record[side], 64, REWARD, 2,
+                record.get("wrapper", "sft"),
+            ).input_ids  # fmt: skip
+            assert item[f"{side}_ids"] == expected
+    assert pairs.summary["reference_cut_pairs"] == 1  # the second reference keeps its first 2 of 4 tokens
+    assert pairs.summary["prompt_cut_pairs"] == 0
+    assert "reference cut in 1" in pairs.summary_text()
+
+
+def test_reference_data_needs_its_fields():
+    with pytest.raises(ConfigError, match="max_response_length"):
+        _build(datasets.Dataset.from_list([_reference_record()]), is_reference=True)
+    with pytest.raises(DataError, match="'reference'"):
+        _build(datasets.Dataset.from_list([_record()]), is_reference=True, max_response_length=8)
+    with pytest.raises(DataError, match="'wrapper'"):
+        _build(
+            datasets.Dataset.from_list([_reference_record(wrapper="chat")]), is_reference=True, max_response_length=8
+        )
