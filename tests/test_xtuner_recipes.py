@@ -11,6 +11,7 @@ import torch
 from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.builder import build
+from rmtrain.checkpoints import read_model_state_dict
 from rmtrain.config import load_config, scoring_inputs
 from rmtrain.data import build_demo_preference_data, build_demo_tokenizer
 from rmtrain.model.internlm2 import InternLM2Config, InternLM2ForRewardModel
@@ -142,21 +143,69 @@ def make_polar_folder(folder: Path) -> torch.Tensor:
     return model.v_head.weight.detach().clone()
 
 
-@pytest.mark.parametrize(
-    "recipe", ["POLAR_1_8B_full_varlenattn_custom_dataset", "POLAR_7B_full_varlenattn_custom_dataset"]
-)
+POLAR_RECIPES = ("POLAR_1_8B_full_varlenattn_custom_dataset", "POLAR_7B_full_varlenattn_custom_dataset")
+
+
+@pytest.fixture(scope="module")
+def polar_runs(tmp_path_factory):
+    """{recipe: (folder, config, work_dir, the pre-trained head)}, each trained once when first asked for."""
+    runs = {}
+
+    def run(recipe):
+        if recipe not in runs:
+            folder = tmp_path_factory.mktemp(recipe)
+            head = make_polar_folder(folder / "polar-tiny")
+            data = _custom_jsonl(folder / "polar.jsonl", reference=True)
+            config = recipe_variant(
+                folder, "polar_tiny", recipe=recipe, pretrained_model_name_or_path=str(folder / "polar-tiny"),
+                data_files=[str(data)], reward_token_id=3, max_response_length=24, **dict(SIZE, max_length=128),
+            )  # fmt: skip
+            cfg = load_config(str(config))
+            # POLAR's head is fine-tuned, not replaced by zeros
+            assert torch.equal(build(cfg.model).v_head.weight, head)
+            runs[recipe] = (folder, config, _train(config, folder), head)
+        return runs[recipe]
+
+    return run
+
+
+@pytest.mark.parametrize("recipe", POLAR_RECIPES)
 @pytest.mark.slow
-def test_polar_recipe_keeps_the_pretrained_head_and_trains_on_reference_data(tmp_path, recipe):
-    model_dir = tmp_path / "polar-tiny"
-    head = make_polar_folder(model_dir)
-    data = _custom_jsonl(tmp_path / "polar.jsonl", reference=True)
-    config = recipe_variant(
-        tmp_path, "polar_tiny", recipe=recipe, pretrained_model_name_or_path=str(model_dir),
-        data_files=[str(data)], reward_token_id=3, max_response_length=24, **dict(SIZE, max_length=128),
-    )  # fmt: skip
-    cfg = load_config(str(config))
-    assert torch.equal(build(cfg.model).v_head.weight, head)  # POLAR's head is fine-tuned, not replaced by zeros
-    work_dir = _train(config, tmp_path)
+def test_polar_recipe_keeps_the_pretrained_head_and_trains_on_reference_data(polar_runs, recipe):
+    _folder, _config, work_dir, head = polar_runs(recipe)
     assert _trained_pairs(work_dir) == NUM_PAIRS
     log = next(work_dir.glob("*/*.log")).read_text()
     assert "reference cut in" in log
+    checkpoint = Path((work_dir / "last_checkpoint").read_text().strip())
+    trained_head = read_model_state_dict(str(checkpoint))["v_head.weight"]
+    assert not torch.equal(trained_head, head)  # trained from POLAR's head
+
+
+@pytest.mark.slow
+def test_polar_export_eval_and_serve_score_with_the_reference_rule(polar_runs):
+    from rmtrain.serve import RewardScorer
+
+    folder, config, work_dir, _head = polar_runs(POLAR_RECIPES[0])
+    checkpoint = Path((work_dir / "last_checkpoint").read_text().strip())
+    export = folder / "hf"
+    result = run_rmtrain("convert", "pth_to_hf", config, checkpoint, export, "--fp32", cwd=folder)
+    assert "by the reference rule" in result.stdout + result.stderr
+    assert json.loads((export / "config.json").read_text())["reference_max_response_length"] == 24
+
+    records = [json.loads(line) for line in (folder / "polar.jsonl").read_text().splitlines()]
+    outputs = {}
+    for name, model, extra in (("folder", export, []), ("checkpoint", checkpoint, ["--config", config])):
+        out = folder / f"{name}.jsonl"
+        run_rmtrain("eval", model, folder / "polar.jsonl", "--out", out, *extra, cwd=folder)
+        outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(outputs["folder"]) == NUM_PAIRS
+    for a, b in zip(outputs["folder"], outputs["checkpoint"]):
+        assert abs(a["chosen_score"] - b["chosen_score"]) < 1e-4
+
+    # The server: each candidate is the conversation's last message, judged against its reference.
+    scorer = RewardScorer(str(export), None, None, normalize=False)
+    conversations = [r["prompt"] + r["chosen"] for r in records[:4]]
+    sequences, _ = scorer.encode_conversations(conversations, [r["reference"][0]["content"] for r in records[:4]])
+    served = scorer.score(sequences)
+    for score, row in zip(served, outputs["folder"][:4]):
+        assert abs(score - row["chosen_score"]) < 1e-4

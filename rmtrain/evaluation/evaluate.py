@@ -142,6 +142,9 @@ def evaluate_reward_model(
         reward_token_id=encoding.reward_token_id,
         chat_template=chat_template or encoding.chat_template,
         skip_bad_records=skip_bad_records,
+        # a reference-conditioned (POLAR) model scores each response against the record's `reference`
+        is_reference=encoding.max_response_length is not None,
+        max_response_length=encoding.max_response_length,
     )
     record_indices = list(pairs.pairs["record_index"])
     subset_field, subsets = subset_labels(records, record_indices)
