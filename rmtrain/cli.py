@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", help="preference records: a .jsonl, .json, .parquet or .csv file (.gz ok)")
     p.add_argument("--config", help="the training config (needed for a checkpoint; gives max_length)")
-    p.add_argument("--map-fn", help="map function name or dotted path (default: records in rmtrain's format)")
+    p.add_argument("--map-fn", help="map function name or dotted path (default: found from the first records' shape)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
     p.add_argument("--max-length", type=int, help="tokens per sequence (default: the training config's, else 2048)")
     p.add_argument("--out", help="write one JSON line per pair here, and the summary to OUT's .summary.json")

@@ -13,7 +13,14 @@ from mmengine.logging import print_log
 
 from rmtrain.builder import build
 from rmtrain.data.loading import describe_source, load_records
-from rmtrain.data.map_fns import messages_preference_map_fn, reference_preference_map_fn, resolve_map_fn
+from rmtrain.data.map_fns import (
+    AUTO_MAP_FN,
+    DETECT_RECORDS,
+    detect_record_format,
+    messages_preference_map_fn,
+    reference_preference_map_fn,
+    resolve_map_fn,
+)
 from rmtrain.data.packing import PackedPreferenceDataset
 from rmtrain.data.split import SPLITS, split_record_indices
 from rmtrain.errors import ConfigError, DataError, RecordFieldError
@@ -25,6 +32,9 @@ from rmtrain.scoring import (
     resolve_chat_template,
     reward_token_or_none,
 )
+
+# What a user types to set an option where they are: the config keys here; CLI verbs pass their flags.
+CONFIG_OPTION_NAMES = {"skip_bad_records": "skip_bad_records=True", "dataset_map_fn": "dataset_map_fn"}
 
 
 class _MapRecord:
@@ -42,8 +52,10 @@ class _MapRecord:
         skip_bad_records: bool,
         record_indices: list[int] | None = None,
         is_reference: bool = False,
+        option_names: dict | None = None,
     ):
         self.map_fn = map_fn
+        self.option_names = option_names or CONFIG_OPTION_NAMES
         self.is_reference = is_reference
         self.check = reference_preference_map_fn if is_reference else messages_preference_map_fn
         self.source = source
@@ -63,11 +75,17 @@ class _MapRecord:
                 raise DataError(self.source, index, str(error.args[0]), "missing") from None
         except DataError as error:
             if not self.skip_bad_records:
+                names = self.option_names
+                other_format = (
+                    f"; records in another format need a map function ({names['dataset_map_fn']})"
+                    if self.map_fn is None
+                    else ""
+                )
                 raise DataError(
                     error.source,
                     error.index,
                     error.field,
-                    f"{error.message} (skip_bad_records=True drops such records)",
+                    f"{error.message} ({names['skip_bad_records']} drops such records{other_format})",
                 ) from None
             return self._row(
                 {"prompt": [], "chosen": [], "rejected": [], "reference": [], "wrapper": "sft"}, index, str(error)
@@ -216,6 +234,7 @@ def build_preference_dataset(
     val_split: float = 0,
     split_seed: int = 0,
     split: str = "train",
+    option_names: dict | None = None,
 ) -> PreferenceDataset:
     """Build tokenised preference pairs for reward-model training.
 
@@ -226,8 +245,12 @@ def build_preference_dataset(
     that overrides the tokenizer's. `skip_bad_records`: drop (and count) records the map function
     rejects instead of stopping with an error. `val_split` (a share in (0, 1) or a record count)
     holds records out for validation, chosen by a permutation seeded with `split_seed`; `split`
-    ('train' or 'val') says which part to keep (see `rmtrain.data.split`).
+    ('train' or 'val') says which part to keep (see `rmtrain.data.split`). `dataset_map_fn="auto"`:
+    the map function is found from the first records' shape (`detect_record_format`) and logged.
+    `option_names`: what the user types for `skip_bad_records` and `dataset_map_fn` in error hints
+    (default the config keys; CLI verbs give their flags).
     """
+    option_names = option_names or CONFIG_OPTION_NAMES
     if is_dpo or not is_reward:
         raise ConfigError("rmtrain trains reward models: set is_dpo=False, is_reward=True in the dataset config")
     if is_reference:
@@ -256,10 +279,18 @@ def build_preference_dataset(
     if len(records) == 0:
         raise DataError(source, 0, "*", "the data set is empty")
     records, record_indices, part = _keep_part(records, val_split, split_seed, split)
+    map_fn_name = dataset_map_fn if isinstance(dataset_map_fn, str) else getattr(dataset_map_fn, "__name__", None)
+    if dataset_map_fn == AUTO_MAP_FN:
+        first = records.select(range(min(DETECT_RECORDS, len(records)))).to_list()
+        map_fn_name, shape = detect_record_format(first, source, option_names["dataset_map_fn"])
+        dataset_map_fn = map_fn_name
+        print_log(f"{source}: the records look like {shape}; reading them with {map_fn_name}", logger="current")
     num_proc = max(1, min(num_proc, len(records) // 64 or 1))
     with datasets_progress("map records", len(records)):  # bars on a terminal, plain lines in log files
         mapped = records.map(
-            _MapRecord(resolve_map_fn(dataset_map_fn), source, skip_bad_records, record_indices, is_reference),
+            _MapRecord(
+                resolve_map_fn(dataset_map_fn), source, skip_bad_records, record_indices, is_reference, option_names
+            ),
             with_indices=True,
             remove_columns=records.column_names,
             num_proc=num_proc if num_proc > 1 else None,
@@ -300,6 +331,7 @@ def build_preference_dataset(
         "chosen_cut_pairs": sum(1 for n in counts["chosen_response_cut"] if n),
         "rejected_cut_pairs": sum(1 for n in counts["rejected_response_cut"] if n),
         "dropped_pairs": len(errors),  # truncation keeps every pair; only unusable records drop
+        "map_fn": map_fn_name,
     }
     if is_reference:
         summary["reference_cut_pairs"] = sum(1 for n in encoded["reference_cut"] if n)

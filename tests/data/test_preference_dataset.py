@@ -356,3 +356,29 @@ def test_reference_data_needs_its_fields():
         _build(
             datasets.Dataset.from_list([_reference_record(wrapper="chat")]), is_reference=True, max_response_length=8
         )
+
+
+# --- dataset_map_fn="auto" ---------------------------------------------------------------------
+
+
+def test_auto_map_fn_finds_the_format_and_says_so():
+    hh = {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi there\n\nAssistant: Go."}
+    pairs = _build(datasets.Dataset.from_list([hh, hh]), dataset_map_fn="auto")
+    assert pairs.summary["map_fn"] == "hh_rlhf_map_fn" and len(pairs) == 2
+
+
+def test_auto_map_fn_refusal_names_the_config_key():
+    with pytest.raises(ConfigError, match="dataset_map_fn='NAME'"):
+        _build(datasets.Dataset.from_list([{"text": "a", "label": 1}]), dataset_map_fn="auto")
+
+
+def test_missing_field_hint_names_what_the_user_types_there():
+    bad = [{"question": "Hi", "chosen": "a", "rejected": "b"}]
+    with pytest.raises(DataError) as info:
+        _build(datasets.Dataset.from_list(bad))
+    assert "skip_bad_records=True drops such records" in str(info.value)
+    assert "map function (dataset_map_fn)" in str(info.value)
+    cli = {"skip_bad_records": "--skip-bad-records", "dataset_map_fn": "--map-fn"}
+    with pytest.raises(DataError) as info:
+        _build(datasets.Dataset.from_list(bad), option_names=cli)
+    assert "--skip-bad-records drops such records" in str(info.value) and "(--map-fn)" in str(info.value)
