@@ -5,6 +5,7 @@ them, so `list-cfg` and `copy-cfg` stay fast.
 """
 
 import argparse
+import os
 import sys
 
 from rmtrain.errors import RmtrainError
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rmtrain", description="Train reward models for RLHF from mmengine Python configs."
     )
+    parser.add_argument("--version", action=_VersionAction, help="print rmtrain's and its libraries' versions")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("list-cfg", help="list the shipped configs")
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", help="preference records: a .jsonl, .json, .parquet or .csv file (.gz ok)")
     p.add_argument("--config", help="the training config (needed for a checkpoint; gives max_length)")
-    p.add_argument("--map-fn", help="map function name or dotted path (default: records in rmtrain's format)")
+    p.add_argument("--map-fn", help="map function name or dotted path (default: found from the first records' shape)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default 8)")
     p.add_argument("--max-length", type=int, help="tokens per sequence (default: the training config's, else 2048)")
     p.add_argument("--out", help="write one JSON line per pair here, and the summary to OUT's .summary.json")
@@ -288,10 +290,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def versions_text() -> str:
+    """`rmtrain --version`: rmtrain and the libraries it runs on (read from package metadata, nothing imported)."""
+    from importlib import metadata
+
+    lines = []
+    for name in ("rmtrain", "torch", "transformers", "mmengine", "deepspeed"):
+        try:
+            lines.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{name} not installed")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(versions_text())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from rmtrain.compat import quiet_deepspeed_accelerator_notice
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.raw_argv = argv
+    quiet_deepspeed_accelerator_notice()
     try:
         if getattr(args, "cfg_options", None):
             args.cfg_options = _parse_cfg_options(args.cfg_options)
@@ -299,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     except RmtrainError as error:
         print(f"rmtrain: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`rmtrain list-cfg | head -3`): stop quietly, as other command-line tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Imports of torch, mmengine, transformers and deepspeed happen inside the functio
 this module stays cheap, and a library that is not installed is never imported here.
 """
 
+import logging
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -87,6 +88,19 @@ TRANSFORMERS_GGUF_SAVE = Workaround(
     "A model loaded with from_pretrained(gguf_file=...) keeps a GGUF quantizer although its tensors are "
     "dequantized, and save_pretrained refuses it ('quantized with gguf and is not serializable').",
 )
+DEEPSPEED_CPU_ACCELERATOR_NOTICE = Workaround(
+    "deepspeed_cpu_accelerator_notice",
+    (("mmengine", "<=0.10.7"), ("deepspeed", "<=0.19.8")),
+    "mmengine.runner imports deepspeed at import time (mmengine/_strategy/deepspeed.py), and on a machine "
+    "without CUDA DeepSpeed then warns 'Setting accelerator to CPU. If you have GPU ...' at every command "
+    "start, also for commands that never use DeepSpeed.",
+)
+MMENGINE_DEPRECATION_NOTICES = Workaround(
+    "mmengine_deprecation_notices",
+    (("mmengine", "<=0.10.7"),),
+    "mmengine's own CheckpointHook builds a FileClient and warns that FileClient and HardDiskBackend will "
+    "be deprecated: notices about mmengine's internals, nothing a user can change.",
+)
 
 WORKAROUNDS = (
     MMENGINE_CHECKPOINT_LOADER,
@@ -96,7 +110,35 @@ WORKAROUNDS = (
     MMENGINE_DEEPSPEED_CHECKPOINT_CALLBACKS,
     DEEPSPEED_COLLECTIVE_WARNINGS,
     TRANSFORMERS_GGUF_SAVE,
+    DEEPSPEED_CPU_ACCELERATOR_NOTICE,
+    MMENGINE_DEPRECATION_NOTICES,
 )
+
+
+# --- console notices -------------------------------------------------------------------------------
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith(self.starts)
+
+
+def quiet_deepspeed_accelerator_notice() -> None:
+    """Drop DeepSpeed's 'Setting accelerator to CPU' warning (its logger is made before deepspeed is imported)."""
+    if DEEPSPEED_CPU_ACCELERATOR_NOTICE.needed():
+        # DeepSpeed's LoggerFactory configures logging.getLogger("DeepSpeed") and keeps its filters.
+        logging.getLogger("DeepSpeed").addFilter(_DropMessages(("Setting accelerator to CPU",)))
+
+
+def mmengine_deprecation_notice_starts() -> tuple[str, ...]:
+    """Starts of mmengine's notices about its own internals, for the console filter (empty once fixed)."""
+    if not MMENGINE_DEPRECATION_NOTICES.needed():
+        return ()
+    return ('"FileClient" will be deprecated', '"HardDiskBackend" is the alias of "LocalBackend"')
 
 
 # --- mmengine ------------------------------------------------------------------------------------

@@ -140,6 +140,13 @@ class ScoringInputs:
     max_length: int  # tokens per sequence, the reward token included
     use_varlen_attn: bool  # packed padding-free rows instead of padded batches
     chat_template: str | None  # a named template or Jinja text; None: the tokenizer's own
+    # Reference-conditioned (POLAR) models: a candidate is scored against a reference answer with
+    # `rmtrain.scoring.encode_reference_sequence`, which keeps max_response_length tokens of each.
+    max_response_length: int | None = None  # None: the chat rule (no reference)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.max_response_length is not None
 
 
 def scoring_inputs(cfg: Config) -> ScoringInputs:
@@ -150,6 +157,7 @@ def scoring_inputs(cfg: Config) -> ScoringInputs:
         max_length=dataset.max_length,
         use_varlen_attn=bool(dataset.get("use_varlen_attn", False)),
         chat_template=dataset.get("chat_template"),
+        max_response_length=dataset.get("max_response_length") if dataset.get("is_reference", False) else None,
     )
 
 

@@ -34,6 +34,7 @@ from rmtrain.errors import RmtrainError
 from rmtrain.normalization import measure_normalization, write_normalization
 from rmtrain.scoring import (
     encode_conversation,
+    encode_reference_sequence,
     ensure_distinct_pad_token,
     length_sorted_batches,
     make_tokenizer_portable,
@@ -41,6 +42,13 @@ from rmtrain.scoring import (
     resolve_chat_template,
     score_batch,
 )
+
+# (prompt, reference, candidate) for reference-conditioned (POLAR) models, of different lengths.
+VERIFY_REFERENCE_EXAMPLES = [
+    ("What is 2 + 3?", "2 + 3 = 5.", "5"),
+    ("What is 2 + 3?", "2 + 3 = 5.", "2 + 3 = 6."),
+    ("Name three colours, separated by commas.", "red, green, blue", "Well, I like the colour of the sea best."),
+]
 
 # Conversations of different lengths: a batch of them exercises padding in the exported model.
 VERIFY_CONVERSATIONS = [
@@ -127,6 +135,17 @@ def _sequence_classifier(reward_model, tokenizer, reward_token_id):
     return exported
 
 
+REFERENCE_README = """
+## A reference-conditioned model (POLAR)
+
+This model scores a candidate answer against a reference answer, on sequences laid out with no chat
+template (`rmtrain.scoring.encode_reference_sequence`): `[BOS] prompt \\n reference <|reward|> prompt \\n
+candidate <reward token>`, each part tokenised on its own without special tokens; the reference and the candidate
+keep their first {max_response_length} tokens (`reference_max_response_length` in config.json), the prompt is
+cut from the left. `rmtrain eval` and `rmtrain serve` apply this rule to data with a `reference` field.
+"""
+
+
 def _readme(architecture: str, reward_token_id, pad_token_id, is_internlm2: bool) -> str:
     token_line = (
         f"Every scored conversation ends with the reward token (id {reward_token_id}): the chat template saved "
@@ -177,7 +196,16 @@ config.json has one label with `problem_type: "regression"`, so the `text-classi
 """
 
 
-def _verify_ids(tokenizer, template, reward_token_id) -> list[list[int]]:
+def _verify_ids(tokenizer, template, inputs) -> list[list[int]]:
+    """The verification examples as token ids, by the config's scoring rule (chat, or reference for POLAR)."""
+    reward_token_id = inputs.reward_token_id
+    if inputs.is_reference:
+        return [
+            encode_reference_sequence(
+                tokenizer, prompt, reference, response, 10**6, reward_token_id, inputs.max_response_length
+            ).input_ids
+            for prompt, reference, response in VERIFY_REFERENCE_EXAMPLES
+        ]
     return [
         encode_conversation(tokenizer, chat[:-1], chat[-1:], 10**6, reward_token_id, template).input_ids
         for chat in VERIFY_CONVERSATIONS
@@ -195,10 +223,10 @@ def _client_texts(tokenizer) -> list[str]:
     return [tokenizer.apply_chat_template(chat, tokenize=False) for chat in VERIFY_CONVERSATIONS]
 
 
-def _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected: list[list[int]], reward_token_id) -> None:
+def _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected: list[list[int]], inputs) -> None:
     """The reloaded tokenizer must give the training ids, by rmtrain's rule and the way clients tokenise."""
-    got = {"rmtrain's rule": _verify_ids(tokenizer, tokenizer.chat_template, reward_token_id)}
-    for add_special_tokens in (False, True):
+    got = {"rmtrain's rule": _verify_ids(tokenizer, tokenizer.chat_template, inputs)}
+    for add_special_tokens in (False, True) if not inputs.is_reference else ():  # reference models: no template
         encoded = tokenizer(_client_texts(tokenizer), add_special_tokens=add_special_tokens)["input_ids"]
         got[f"the chat template's text tokenised with add_special_tokens={add_special_tokens}"] = encoded
     for how, ids in got.items():
@@ -229,7 +257,7 @@ def _load_export(folder: str, is_internlm2: bool, dtype):
     return AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).eval(), tokenizer
 
 
-def _scores_of_export(model, tokenizer, is_internlm2: bool, reward_token_id) -> dict[str, torch.Tensor]:
+def _scores_of_export(model, tokenizer, is_internlm2: bool, inputs) -> dict[str, torch.Tensor]:
     """The verification conversations scored by the reloaded folder: rmtrain's way and the clients' ways.
 
     Under autocast in the folder's dtype, as `rmtrain eval` scores it (the training model's reference
@@ -237,11 +265,16 @@ def _scores_of_export(model, tokenizer, is_internlm2: bool, reward_token_id) -> 
     """
     parameter = next(model.parameters())
     with torch.no_grad(), autocast_context(parameter.device.type, parameter.dtype):
+        if inputs.is_reference:  # the reference layout, padded; the model's forward finds each row's last token
+            input_ids, attention_mask = pad_sequences(_verify_ids(tokenizer, None, inputs), pad_token_id=0)
+            return {
+                "the reference rule": model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+            }
         if is_internlm2:
             ours = torch.tensor(model.get_scores(tokenizer, VERIFY_CONVERSATIONS), dtype=torch.float32)
         else:
             # Padded with the exported pad token: the model finds each row's last real token itself.
-            ids = _verify_ids(tokenizer, tokenizer.chat_template, reward_token_id)
+            ids = _verify_ids(tokenizer, tokenizer.chat_template, inputs)
             input_ids, attention_mask = pad_sequences(ids, pad_token_id=model.config.pad_token_id)
             ours = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         scores = {"rmtrain's rule": ours}
@@ -309,9 +342,10 @@ def convert_pth_to_hf(
     inputs = scoring_inputs(cfg)
     tokenizer = build(cfg.train_dataloader.dataset.tokenizer)
     training_tokenizer_class = type(tokenizer)
-    template = resolve_chat_template(tokenizer, inputs.chat_template)
+    # Reference-conditioned models use no chat template: their tokenizer is exported as it is.
+    template = None if inputs.is_reference else resolve_chat_template(tokenizer, inputs.chat_template)
     reward_token_id = inputs.reward_token_id
-    expected_ids = _verify_ids(tokenizer, template, reward_token_id)  # before the export changes the tokenizer
+    expected_ids = _verify_ids(tokenizer, template, inputs)  # before the export changes the tokenizer
     reference = _scores_of_training_model(reward_model, expected_ids)
 
     is_internlm2 = reward_model.model.config.model_type == "internlm2"
@@ -319,7 +353,11 @@ def convert_pth_to_hf(
         exported = _internlm2_reward_model(reward_model, tokenizer, reward_token_id)
     else:
         exported = _sequence_classifier(reward_model, tokenizer, reward_token_id)
-    make_tokenizer_portable(tokenizer, template, reward_token_id)
+    if inputs.is_reference:
+        # where `rmtrain eval` and `rmtrain serve` read that the folder scores with the reference rule
+        exported.config.reference_max_response_length = inputs.max_response_length
+    else:
+        make_tokenizer_portable(tokenizer, template, reward_token_id)
     dtype = torch.float32 if fp32 else torch.bfloat16
     exported.to(dtype)
 
@@ -339,12 +377,14 @@ def convert_pth_to_hf(
     architecture = type(exported).__name__
     with open(os.path.join(partial, "README.md"), "w") as readme:
         readme.write(_readme(architecture, reward_token_id, tokenizer.pad_token_id, is_internlm2))
+        if inputs.is_reference:
+            readme.write(REFERENCE_README.format(max_response_length=inputs.max_response_length))
 
     largest = None
     if verify:
         try:
             largest, reloaded = _verify(
-                partial, training_tokenizer_class, expected_ids, reward_token_id, is_internlm2, dtype, reference, fp32
+                partial, training_tokenizer_class, expected_ids, inputs, is_internlm2, dtype, reference, fp32
             )
             _write_validation_statistics(cfg, partial, reloaded, is_internlm2)
         except Exception as error:
@@ -380,14 +420,14 @@ def _write_validation_statistics(cfg, folder: str, model, is_internlm2: bool) ->
     )
 
 
-def _verify(folder, training_tokenizer_class, expected_ids, reward_token_id, is_internlm2, dtype, reference, fp32):
+def _verify(folder, training_tokenizer_class, expected_ids, inputs, is_internlm2, dtype, reference, fp32):
     """Reload `folder` as users will and compare; (largest difference, the reloaded model). ConversionError beyond the tolerance."""
     model, tokenizer = _load_export(folder, is_internlm2, dtype)
-    _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected_ids, reward_token_id)
+    _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected_ids, inputs)
     scale = max(1.0, reference.abs().max().item())
     tolerance = FP32_TOLERANCE if fp32 else BF16_TOLERANCE * scale
     largest = 0.0
-    for how, scores in _scores_of_export(model, tokenizer, is_internlm2, reward_token_id).items():
+    for how, scores in _scores_of_export(model, tokenizer, is_internlm2, inputs).items():
         difference = (scores - reference).abs().max().item()
         if not difference <= tolerance:
             raise ConversionError(
@@ -396,9 +436,14 @@ def _verify(folder, training_tokenizer_class, expected_ids, reward_token_id, is_
             )
         largest = max(largest, difference)
     print_log(
-        f"verification: the folder reloaded through transformers scores {len(VERIFY_CONVERSATIONS)} conversations "
-        f"within {largest:.3g} of the training model, by rmtrain's rule and as clients do (chat template text, "
-        f"tokenised with and without special tokens) (tolerance {tolerance:.3g}, {'fp32' if fp32 else 'bf16'})",
+        f"verification: the folder reloaded through transformers scores {len(expected_ids)} sequences "
+        f"within {largest:.3g} of the training model, "
+        + (
+            "by the reference rule (prompt, reference, <|reward|>, prompt, candidate)"
+            if inputs.is_reference
+            else "by rmtrain's rule and as clients do (chat template text, tokenised with and without special tokens)"
+        )
+        + f" (tolerance {tolerance:.3g}, {'fp32' if fp32 else 'bf16'})",
         logger="current",
     )
     return largest, model

@@ -11,6 +11,9 @@ on the same tokens it was trained on:
 4. Rows are right-padded and carry an attention mask (`pad_sequences`); the score is read at the
    last attended position (`score_positions`), never at a pad token.
 5. An exported model's pad token is never a real sequence's last token (`ensure_distinct_pad_token`).
+
+Reference-conditioned models (POLAR) score a candidate against a reference answer instead, with
+their own layout and no chat template (`encode_reference_sequence`); steps 3 to 5 are the same.
 """
 
 import json
@@ -155,6 +158,92 @@ def _end_with_reward_token(ids: list[int], reward_token_id: int | None) -> list[
     if reward_token_id is not None and (not ids or ids[-1] != reward_token_id):
         ids.append(reward_token_id)
     return ids
+
+
+REFERENCE_SEPARATOR = "<|reward|>"  # between the reference part and the candidate part (POLAR's layout)
+REFERENCE_WRAPPERS = ("sft", "pretrain")
+
+
+def _joined_text(messages) -> str:
+    """Message contents joined with newlines (a string stays as it is); reference models use no chat template."""
+    if isinstance(messages, str):
+        return messages
+    return "\n".join(message["content"] for message in messages)
+
+
+@dataclass
+class EncodedReferenceSequence:
+    input_ids: list[int]
+    prompt_tokens_cut: int  # tokens removed from the left of each prompt copy
+    reference_tokens_cut: int  # tokens removed from the right of the reference
+    response_tokens_cut: int  # tokens removed from the right of the candidate response
+
+
+def encode_reference_sequence(
+    tokenizer,
+    prompt,
+    reference,
+    response,
+    max_length: int,
+    reward_token_id: int | None,
+    max_response_length: int,
+    wrapper: str = "sft",
+) -> EncodedReferenceSequence:
+    """THE rule for reference-conditioned (POLAR) reward models: token ids of one candidate judged against a reference.
+
+    Layout, with no chat template (message contents are joined with newlines)::
+
+        [BOS] prompt SEP reference <|reward|> prompt SEP response <reward token>
+
+    SEP is a newline for `wrapper="sft"` and nothing for `"pretrain"` (and nothing next to an empty
+    part); BOS is there when the tokenizer adds one to text. Each part is tokenised on its own
+    without special tokens. The reference and the response keep their first `max_response_length`
+    tokens; the prompt, written twice, then gets half of what is left of `max_length` per copy, cut
+    from the left (its end, next to the answers, stays). If the reference and response alone do
+    not fit, each keeps its first half of the room left. `max_length` counts every token.
+    """
+    if wrapper not in REFERENCE_WRAPPERS:
+        raise ConfigError(f"wrapper must be one of {', '.join(REFERENCE_WRAPPERS)}, got {wrapper!r}")
+    reward_token_id = reward_token_or_none(reward_token_id)
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) if text else []
+
+    prompt_ids, reference_ids, response_ids = (encode(_joined_text(part)) for part in (prompt, reference, response))
+    separator = encode("\n") if wrapper == "sft" else []
+    middle = encode(REFERENCE_SEPARATOR)
+    with_specials = tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"]
+    bos = (
+        [tokenizer.bos_token_id]
+        if tokenizer.bos_token_id is not None and with_specials[:1] == [tokenizer.bos_token_id]
+        else []
+    )
+    reward = [reward_token_id] if reward_token_id is not None else []
+
+    reference_cut = max(0, len(reference_ids) - max_response_length)
+    response_cut = max(0, len(response_ids) - max_response_length)
+    reference_ids, response_ids = reference_ids[:max_response_length], response_ids[:max_response_length]
+    fixed = len(bos) + 2 * len(separator) + len(middle) + len(reward)
+    room = max_length - fixed
+    if room < 2:
+        raise ConfigError(f"max_length={max_length} is too small for a reference sequence ({fixed} fixed tokens)")
+    if len(reference_ids) + len(response_ids) > room:
+        keep_reference = min(len(reference_ids), max(room // 2, room - len(response_ids)))
+        keep_response = room - keep_reference
+        reference_cut += len(reference_ids) - keep_reference
+        response_cut += len(response_ids) - keep_response
+        reference_ids, response_ids = reference_ids[:keep_reference], response_ids[:keep_response]
+    prompt_room = (room - len(reference_ids) - len(response_ids)) // 2
+    prompt_cut = max(0, len(prompt_ids) - prompt_room)
+    prompt_ids = prompt_ids[prompt_cut:]
+
+    def joined(left: list[int], right: list[int]) -> list[int]:
+        return left + (separator if left and right else []) + right
+
+    ids = bos + joined(prompt_ids, reference_ids) + middle + joined(prompt_ids, response_ids)
+    return EncodedReferenceSequence(
+        _end_with_reward_token(ids, reward_token_id), prompt_cut, reference_cut, response_cut
+    )
 
 
 def encode_text(tokenizer, text: str, reward_token_id: int | None) -> list[int]:

@@ -38,6 +38,7 @@ from rmtrain.evaluation.models import RewardModelSource, default_device_and_dtyp
 from rmtrain.normalization import ScoreNormalization, read_normalization, require_normalization
 from rmtrain.scoring import (
     encode_conversation,
+    encode_reference_sequence,
     encode_text,
     length_sorted_batches,
     resolve_chat_template,
@@ -92,7 +93,13 @@ class RewardScorer:
         self.model = model
         self.tokenizer = encoding.tokenizer
         self.reward_token_id = encoding.reward_token_id
-        self.chat_template = resolve_chat_template(self.tokenizer, encoding.chat_template)
+        # Reference-conditioned (POLAR) models score a response against a reference, with no chat template.
+        self.max_response_length = encoding.max_response_length
+        self.chat_template = (
+            None
+            if self.max_response_length is not None
+            else resolve_chat_template(self.tokenizer, encoding.chat_template)
+        )
         self.max_length = max_length or encoding.max_length
         self.max_length_from = "--max-length" if max_length else encoding.max_length_from
         if self.max_length < 8:
@@ -125,15 +132,36 @@ class RewardScorer:
             sequences.append(ids)
         return sequences
 
-    def encode_conversations(self, conversations: list[list[dict]]) -> tuple[list[list[int]], list[int]]:
-        """(token ids, indices of the conversations that were cut to max_length)."""
+    def encode_conversations(
+        self, conversations: list[list[dict]], references: list[str] | None = None
+    ) -> tuple[list[list[int]], list[int]]:
+        """(token ids, indices of the conversations that were cut to max_length).
+
+        A reference-conditioned model needs one reference answer per conversation (the last message
+        is the candidate); a chat model takes none.
+        """
+        if self.max_response_length is not None and references is None:
+            raise RequestError(
+                422, "references", "this is a reference-conditioned model: send one reference answer per conversation"
+            )
+        if self.max_response_length is None and references is not None:
+            raise RequestError(422, "references", "this model is not reference-conditioned: send conversations only")
         sequences, truncated = [], []
         for index, messages in enumerate(conversations):
-            encoded = encode_conversation(
-                self.tokenizer, messages[:-1], messages[-1:], self.max_length, self.reward_token_id, self.chat_template
-            )
+            if references is not None:
+                encoded = encode_reference_sequence(
+                    self.tokenizer, messages[:-1], references[index], messages[-1:], self.max_length,
+                    self.reward_token_id, self.max_response_length,
+                )  # fmt: skip
+                cut = encoded.prompt_tokens_cut or encoded.reference_tokens_cut or encoded.response_tokens_cut
+            else:
+                encoded = encode_conversation(
+                    self.tokenizer, messages[:-1], messages[-1:], self.max_length, self.reward_token_id,
+                    self.chat_template,
+                )  # fmt: skip
+                cut = encoded.prompt_tokens_cut or encoded.response_tokens_cut
             sequences.append(encoded.input_ids)
-            if encoded.prompt_tokens_cut or encoded.response_tokens_cut:
+            if cut:
                 truncated.append(index)
         return sequences, truncated
 
@@ -307,6 +335,20 @@ def parse_conversations(body: dict, limit: int) -> list[list[dict]]:
     return conversations
 
 
+def parse_references(body: dict, count: int) -> list[str] | None:
+    """The optional `references` field: one reference answer (a string) per conversation."""
+    if "references" not in body:
+        return None
+    references = body["references"]
+    if not isinstance(references, list) or len(references) != count:
+        got = f"{len(references)} items" if isinstance(references, list) else type(references).__name__
+        raise RequestError(422, "references", f"expected a list of {count} strings, one per conversation, got {got}")
+    for index, reference in enumerate(references):
+        if not isinstance(reference, str) or not reference.strip():
+            raise RequestError(422, f"references[{index}]", "expected a non-empty string")
+    return references
+
+
 # ---- the app -------------------------------------------------------------------------------------
 
 
@@ -404,7 +446,8 @@ def build_app(scorer: RewardScorer, limits: ServeLimits, api_key: str | None):
         body = await read_json(request)
         conversations = parse_conversations(body, limits.max_request_items)
         normalize = scorer.wants_normalized(_normalize_field(body))
-        sequences, truncated = scorer.encode_conversations(conversations)
+        references = parse_references(body, len(conversations))
+        sequences, truncated = scorer.encode_conversations(conversations, references)
         scores = scorer.finish(await scores_of(sequences), normalize)
         return {"scores": scores, "normalized": normalize, "truncated": truncated}
 

@@ -23,8 +23,8 @@ pytestmark = [
 ]
 
 
-def rmtrain(*args, cwd):
-    return run_rmtrain(*args, cwd=cwd, pythonpath=Path(__file__).parent)
+def rmtrain(*args, cwd, check=True):
+    return run_rmtrain(*args, cwd=cwd, pythonpath=Path(__file__).parent, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +65,28 @@ def test_eval_on_hh_rlhf_reports_every_readable_pair(trained_on_ultrafeedback):
     folder, _ = trained_on_ultrafeedback
     out = folder / "hh_scores.jsonl"
     result = rmtrain(
-        "eval", str(folder / "hf"), str(HH_HELPFUL), "--map-fn", "hh_rlhf_map_fn", "--skip-bad-records",
+        "eval", str(folder / "hf"), str(HH_HELPFUL), "--skip-bad-records",  # the format is found, not named
         "--batch-size", "16", "--max-length", "128", "--out", str(out), cwd=folder,
     )  # fmt: skip
     summary = json.loads(out.with_name("hh_scores.summary.json").read_text())
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     # helpful-base test has 2354 records; 4 have an empty rejected response and are dropped, counted.
+    assert summary["map_fn"] == "hh_rlhf_map_fn" and "read with hh_rlhf_map_fn" in result.stdout
+    assert "the records look like HH-RLHF transcripts" in result.stdout + result.stderr
     assert summary["pairs"] == len(rows) == 2350
     assert summary["dropped_records"] == 4
     assert summary["correct"] == sum(row["correct"] for row in rows)
     assert len({round(row["chosen_score"], 6) for row in rows}) > 100  # real, varied scores
     assert "accuracy" in result.stdout
+
+
+def test_eval_on_hh_rlhf_without_skip_names_the_cli_flag(trained_on_ultrafeedback):
+    folder, _ = trained_on_ultrafeedback
+    result = rmtrain("eval", str(folder / "hf"), str(HH_HELPFUL), "--max-length", "128", cwd=folder, check=False)
+    assert result.returncode == 2
+    # the first of the 4 records with an empty rejected response, named; the hint is the flag, not a config key
+    assert "field 'rejected'" in result.stderr and "--skip-bad-records drops such records" in result.stderr
+    assert "skip_bad_records=True" not in result.stderr
 
 
 def test_eval_reads_the_sharegpt_preference_format(trained_on_ultrafeedback):

@@ -357,3 +357,50 @@ def test_encode_text_appends_the_reward_token_unless_last(demo_tokenizer):
 def test_length_sorted_batches():
     assert length_sorted_batches([3, 9, 1, 7, 5], 2) == [[1, 3], [4, 0], [2]]
     assert length_sorted_batches([], 4) == []
+
+
+# --- reference-conditioned (POLAR) sequences -----------------------------------------------------
+
+
+def _tokens(tokenizer, names: str) -> list[int]:
+    return tokenizer.convert_tokens_to_ids(names.split())
+
+
+def test_reference_sequence_layout_token_by_token():
+    from rmtrain.scoring import encode_reference_sequence
+
+    tokenizer = build_demo_tokenizer()
+    prompt = [{"role": "system", "content": "a b"}, {"role": "user", "content": "c d"}]
+    encoded = encode_reference_sequence(
+        tokenizer, prompt, [{"role": "assistant", "content": "x y"}], "5", 64, REWARD, max_response_length=8
+    )
+    # prompt (contents joined by a newline), newline, reference, <|reward|>, prompt, newline, candidate, reward token
+    expected = "a Ġb Ċ c Ġd Ċ x Ġy <|reward|> a Ġb Ċ c Ġd Ċ 5 <|reward|>"
+    assert encoded.input_ids == _tokens(tokenizer, expected)
+    assert (encoded.prompt_tokens_cut, encoded.reference_tokens_cut, encoded.response_tokens_cut) == (0, 0, 0)
+
+
+def test_reference_sequence_cuts_prompt_left_and_answers_right():
+    from rmtrain.scoring import encode_reference_sequence
+
+    tokenizer = build_demo_tokenizer()
+    # 4 fixed tokens (2 newlines, <|reward|>, the reward token), reference and response keep 1 token each,
+    # leaving (10 - 4 - 2) // 2 = 2 tokens for each copy of the prompt: its last two.
+    encoded = encode_reference_sequence(tokenizer, "a b c d", "x y", "5 6", 10, REWARD, max_response_length=1)
+    assert encoded.input_ids == _tokens(tokenizer, "Ġc Ġd Ċ x <|reward|> Ġc Ġd Ċ 5 <|reward|>")
+    assert (encoded.prompt_tokens_cut, encoded.reference_tokens_cut, encoded.response_tokens_cut) == (2, 1, 1)
+    assert len(encoded.input_ids) == 10
+
+
+def test_reference_sequence_pretrain_wrapper_and_bos():
+    from rmtrain.scoring import encode_reference_sequence
+
+    tokenizer = build_demo_tokenizer()
+    encoded = encode_reference_sequence(tokenizer, "a b", "x", "5", 64, REWARD, 8, wrapper="pretrain")
+    assert encoded.input_ids == _tokens(tokenizer, "a Ġb x <|reward|> a Ġb 5 <|reward|>")
+    llama = llama3_style_tokenizer()  # adds <|begin_of_text|> to text: once, at the start
+    ids = encode_reference_sequence(llama, "a b", "x", "5", 64, LLAMA3_STYLE_REWARD_TOKEN_ID, 8).input_ids
+    assert ids[0] == llama.bos_token_id and ids.count(llama.bos_token_id) == 1
+    assert ids[-1] == LLAMA3_STYLE_REWARD_TOKEN_ID
+    with pytest.raises(ConfigError, match="wrapper"):
+        encode_reference_sequence(tokenizer, "a", "x", "5", 64, REWARD, 8, wrapper="chat")

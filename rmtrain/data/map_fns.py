@@ -301,3 +301,157 @@ def messages_preference_map_fn(record: Mapping[str, Any]) -> dict[str, Any]:
         prompt = _check_messages(prompt, "prompt")
     chosen, rejected = _response_messages(record, "chosen"), _response_messages(record, "rejected")
     return _finish(record, prompt, chosen, rejected)
+
+
+REFERENCE_WRAPPERS = ("sft", "pretrain")
+
+
+@register_map_fn("reference_preference_map_fn")
+def reference_preference_map_fn(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Reference-conditioned (POLAR) data, validated: ``prompt``, ``reference``, ``chosen``, ``rejected``
+    lists of {role, content} (strings are one message each), and an optional ``wrapper``: "sft"
+    (the default) or "pretrain". The reference is the answer that the candidates are judged against.
+    """
+    out = messages_preference_map_fn(record)
+    out["reference"] = _response_messages(record, "reference")
+    wrapper = record.get("wrapper")
+    if wrapper is None:
+        wrapper = "sft"
+    if wrapper not in REFERENCE_WRAPPERS:
+        raise RecordFieldError("wrapper", f"expected one of {', '.join(REFERENCE_WRAPPERS)}, got {wrapper!r}")
+    out["wrapper"] = wrapper
+    return out
+
+
+# ----------------------------------------------------------------------------- format detection
+
+AUTO_MAP_FN = "auto"  # dataset_map_fn="auto": find the map function from the records' shape
+DETECT_RECORDS = 8  # records looked at
+
+
+def _is_messages(value: Any) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value)
+    )
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_hh_transcript(value: Any) -> bool:
+    return isinstance(value, str) and _HH_ASSISTANT in value and "\n\nHuman:" in value
+
+
+def _is_sharegpt_turn(value: Any) -> bool:
+    return isinstance(value, Mapping) and "from" in value and "value" in value
+
+
+def _is_ultrafeedback_conversation(value: Any) -> bool:
+    return _is_messages(value) and value[-1]["role"] == "assistant" and any(m["role"] == "user" for m in value)
+
+
+def _is_response_only(value: Any) -> bool:
+    """Response turns without the prompt (rmtrain's own format with a string prompt)."""
+    return _is_messages(value) and not any(m["role"] == "user" for m in value)
+
+
+# (map function, what the records look like, the fields it reads, does a record have that shape?), tried in order
+RECORD_FORMATS: tuple[tuple[str, str, tuple[str, ...], Callable[[Mapping[str, Any]], bool]], ...] = (
+    (
+        "sharegpt_preference_map_fn",
+        "ShareGPT / LLaMA-Factory (conversations [{from, value}], chosen and rejected {from, value})",
+        ("conversations", "chosen", "rejected"),
+        lambda r: (
+            isinstance(r.get("conversations"), (list, tuple))
+            and _is_sharegpt_turn(r.get("chosen"))
+            and _is_sharegpt_turn(r.get("rejected"))
+        ),
+    ),
+    (
+        "intel_orca_dpo_map_fn",
+        "orca DPO pairs (system, question, chosen, rejected strings)",
+        ("question", "chosen", "rejected"),
+        lambda r: (
+            _is_text(r.get("question")) and isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str)
+        ),
+    ),
+    (
+        "hh_rlhf_map_fn",
+        "HH-RLHF transcripts (chosen and rejected '\\n\\nHuman: ...\\n\\nAssistant: ...', the prompt implicit)",
+        ("chosen", "rejected"),
+        lambda r: "prompt" not in r and _is_hh_transcript(r.get("chosen")) and _is_hh_transcript(r.get("rejected")),
+    ),
+    (
+        "messages_preference_map_fn",
+        "messages (prompt, chosen, rejected lists of {role, content})",
+        ("prompt", "chosen", "rejected"),
+        lambda r: (
+            (_is_messages(r.get("prompt")) or _is_text(r.get("prompt")) and _is_response_only(r.get("chosen")))
+            and (_is_messages(r.get("chosen")) or isinstance(r.get("chosen"), str))
+            and (_is_messages(r.get("rejected")) or isinstance(r.get("rejected"), str))
+        ),
+    ),
+    (
+        "orpo_dpo_mix_40k_map_fn",
+        "UltraFeedback / argilla (chosen and rejected whole conversations, the prompt their shared first turns)",
+        ("chosen", "rejected"),
+        lambda r: (
+            not _is_messages(r.get("prompt"))
+            and _is_ultrafeedback_conversation(r.get("chosen"))
+            and _is_ultrafeedback_conversation(r.get("rejected"))
+        ),
+    ),
+    (
+        "string_preference_map_fn",
+        "plain strings (prompt, chosen, rejected)",
+        ("prompt", "chosen", "rejected"),
+        lambda r: _is_text(r.get("prompt")) and isinstance(r.get("chosen"), str) and isinstance(r.get("rejected"), str),
+    ),
+)
+
+
+def _field_kinds(records: list[Mapping[str, Any]]) -> str:
+    kinds: dict[str, str] = {}
+    for record in records:
+        for key, value in record.items():
+            if value is not None:
+                kinds.setdefault(key, type(value).__name__)
+    return ", ".join(f"{key} ({kind})" for key, kind in kinds.items()) or "none"
+
+
+def detect_record_format(
+    records: list[Mapping[str, Any]], source: str, option: str = "dataset_map_fn"
+) -> tuple[str, str]:
+    """(map function name, what the records look like) for the first records of `source`.
+
+    A format is chosen when at least half the records looked at have its shape (`RECORD_FORMATS`;
+    the one most have).
+    Otherwise a ConfigError lists the fields seen and the map functions whose fields come closest;
+    `option` is what the user types where they are to name one (`--map-fn` in a CLI verb, the
+    config key `dataset_map_fn` in a config).
+    """
+    sample = [record for record in records[:DETECT_RECORDS]]
+    # The shape most of them have (the first listed on a tie): a broken record among them then
+    # fails with its own field named, as with a map function given by name.
+    counts = [sum(1 for record in sample if matches(record)) for _name, _shape, _fields, matches in RECORD_FORMATS]
+    best = max(range(len(counts)), key=lambda i: (counts[i], -i))
+    if sample and 2 * counts[best] >= len(sample):
+        return RECORD_FORMATS[best][0], RECORD_FORMATS[best][1]
+    seen = {key for record in sample for key, value in record.items() if value is not None}
+    ranked = sorted(RECORD_FORMATS, key=lambda fmt: -len(seen & set(fmt[2])) / len(fmt[2]))
+    closest = []
+    for name, _shape, fields, _matches in ranked[:3]:
+        missing = [field for field in fields if field not in seen]
+        reads = (
+            f"missing {', '.join(missing)}" if missing else "its fields are there but their values have another shape"
+        )
+        closest.append(f"{name} (reads {', '.join(fields)}; {reads})")
+    how = f"{option} NAME" if option.startswith("--") else f"{option}='NAME'"
+    raise ConfigError(
+        f"{source}: the records' format is not one rmtrain recognises. Fields seen in the first {len(sample)} "
+        f"records: {_field_kinds(sample)}. Closest map functions: {'; '.join(closest)}. Name one with {how}, "
+        "or write your own map function (a dotted path 'package.module.function')."
+    )

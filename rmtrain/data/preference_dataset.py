@@ -16,7 +16,14 @@ from mmengine.logging import print_log
 
 from rmtrain.builder import build
 from rmtrain.data.loading import describe_source, load_records
-from rmtrain.data.map_fns import messages_preference_map_fn, resolve_map_fn
+from rmtrain.data.map_fns import (
+    AUTO_MAP_FN,
+    DETECT_RECORDS,
+    detect_record_format,
+    messages_preference_map_fn,
+    reference_preference_map_fn,
+    resolve_map_fn,
+)
 from rmtrain.data.packing import PackedPreferenceDataset
 from rmtrain.data.split import SPLITS, split_record_indices
 from rmtrain.errors import ConfigError, DataError, RecordFieldError
@@ -24,9 +31,13 @@ from rmtrain.progress import datasets_progress
 from rmtrain.scoring import (
     check_reward_token,
     encode_conversation,
+    encode_reference_sequence,
     resolve_chat_template,
     reward_token_or_none,
 )
+
+# What a user types to set an option where they are: the config keys here; CLI verbs pass their flags.
+CONFIG_OPTION_NAMES = {"skip_bad_records": "skip_bad_records=True", "dataset_map_fn": "dataset_map_fn"}
 
 
 class _MapRecord:
@@ -37,8 +48,19 @@ class _MapRecord:
     part of the file is mapped (a train/val split), so errors and `record_index` name the file's record.
     """
 
-    def __init__(self, map_fn, source: str, skip_bad_records: bool, record_indices: list[int] | None = None):
+    def __init__(
+        self,
+        map_fn,
+        source: str,
+        skip_bad_records: bool,
+        record_indices: list[int] | None = None,
+        is_reference: bool = False,
+        option_names: dict | None = None,
+    ):
         self.map_fn = map_fn
+        self.option_names = option_names or CONFIG_OPTION_NAMES
+        self.is_reference = is_reference
+        self.check = reference_preference_map_fn if is_reference else messages_preference_map_fn
         self.source = source
         self.skip_bad_records = skip_bad_records
         self.record_indices = record_indices
@@ -49,36 +71,44 @@ class _MapRecord:
             try:
                 mapped = self._apply_map_fn(record)
                 # The check also normalises plain-string prompts/responses into message lists.
-                checked = messages_preference_map_fn(mapped)
+                checked = self.check(mapped)
             except RecordFieldError as error:
                 raise DataError(self.source, index, error.field, error.message) from None
             except KeyError as error:
                 raise DataError(self.source, index, str(error.args[0]), "missing") from None
         except DataError as error:
             if not self.skip_bad_records:
+                names = self.option_names
+                other_format = (
+                    f"; records in another format need a map function ({names['dataset_map_fn']})"
+                    if self.map_fn is None
+                    else ""
+                )
                 raise DataError(
                     error.source,
                     error.index,
                     error.field,
-                    f"{error.message} (skip_bad_records=True drops such records)",
+                    f"{error.message} ({names['skip_bad_records']} drops such records{other_format})",
                 ) from None
-            return {
-                "prompt": [],
-                "chosen": [],
-                "rejected": [],
-                "margin": None,
-                "record_index": index,
-                "error": str(error),
-            }
+            return self._row(
+                {"prompt": [], "chosen": [], "rejected": [], "reference": [], "wrapper": "sft"}, index, str(error)
+            )
+        return self._row(checked, index, None)
+
+    def _row(self, checked: dict, index: int, error: str | None) -> dict:
         margin = checked.get("margin")
-        return {
+        row = {
             "prompt": checked["prompt"],
             "chosen": checked["chosen"],
             "rejected": checked["rejected"],
             "margin": None if margin is None else float(margin),
             "record_index": index,
-            "error": None,
+            "error": error,
         }
+        if self.is_reference:  # the same columns in every row of a build
+            row["reference"] = checked["reference"]
+            row["wrapper"] = checked["wrapper"]
+        return row
 
     def _apply_map_fn(self, record: dict) -> dict:
         if self.map_fn is None:
@@ -99,15 +129,42 @@ class _MapRecord:
 
 
 class _EncodePair:
-    def __init__(self, tokenizer, max_length: int, reward_token_id: int | None, chat_template: str):
+    """Both sides of a record -> ids and cut counts: the chat rule, or the reference rule (POLAR) when
+    `max_response_length` is given (`rmtrain.scoring`)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int,
+        reward_token_id: int | None,
+        chat_template: str | None,
+        max_response_length: int | None = None,
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.reward_token_id = reward_token_id
         self.chat_template = chat_template
+        self.max_response_length = max_response_length
 
     def __call__(self, record: dict) -> dict:
         out = {}
         for side in ("chosen", "rejected"):
+            if self.max_response_length is not None:
+                encoded = encode_reference_sequence(
+                    self.tokenizer,
+                    record["prompt"],
+                    record["reference"],
+                    record[side],
+                    self.max_length,
+                    self.reward_token_id,
+                    self.max_response_length,
+                    record["wrapper"],
+                )
+                out[f"{side}_ids"] = encoded.input_ids
+                out[f"{side}_prompt_cut"] = encoded.prompt_tokens_cut
+                out[f"{side}_response_cut"] = encoded.response_tokens_cut
+                out["reference_cut"] = max(out.get("reference_cut", 0), encoded.reference_tokens_cut)
+                continue
             encoded = encode_conversation(
                 self.tokenizer,
                 record["prompt"],
@@ -157,11 +214,12 @@ class PreferenceDataset:
     def summary_text(self) -> str:
         s = self.summary
         part = f" ({s['part']})" if s.get("part") else ""
+        reference = f", reference cut in {s['reference_cut_pairs']}" if "reference_cut_pairs" in s else ""
         return (
             f"preference data from {s['source']}{part}: {s['pairs']} pairs, {s['tokens']} tokens "
             f"(max_length {s['max_length']}); prompt cut from the left in {s['prompt_cut_pairs']} pairs, "
             f"chosen response cut in {s['chosen_cut_pairs']}, rejected response cut in "
-            f"{s['rejected_cut_pairs']}; {s['dropped_pairs']} dropped"
+            f"{s['rejected_cut_pairs']}{reference}; {s['dropped_pairs']} dropped"
             + (f" ({s['identical_pairs']} with chosen identical to rejected)" if s.get("identical_pairs") else "")
         )
 
@@ -223,6 +281,7 @@ def build_preference_dataset(
     val_split: float = 0,
     split_seed: int = 0,
     split: str = "train",
+    option_names: dict | None = None,
 ) -> PreferenceDataset:
     """Build tokenised preference pairs for reward-model training.
 
@@ -233,12 +292,22 @@ def build_preference_dataset(
     that overrides the tokenizer's. `skip_bad_records`: drop (and count) records the map function
     rejects instead of stopping with an error. `val_split` (a share in (0, 1) or a record count)
     holds records out for validation, chosen by a permutation seeded with `split_seed`; `split`
-    ('train' or 'val') says which part to keep (see `rmtrain.data.split`).
+    ('train' or 'val') says which part to keep (see `rmtrain.data.split`). `dataset_map_fn="auto"`:
+    the map function is found from the first records' shape (`detect_record_format`) and logged.
+    `option_names`: what the user types for `skip_bad_records` and `dataset_map_fn` in error hints
+    (default the config keys; CLI verbs give their flags).
     """
+    option_names = option_names or CONFIG_OPTION_NAMES
     if is_dpo or not is_reward:
         raise ConfigError("rmtrain trains reward models: set is_dpo=False, is_reward=True in the dataset config")
     if is_reference:
-        raise ConfigError("reference-based (POLAR) reward data is not supported yet: remove is_reference")
+        if not isinstance(max_response_length, int) or isinstance(max_response_length, bool) or max_response_length < 1:
+            raise ConfigError(
+                f"is_reference=True needs max_response_length, the tokens kept of the reference and of each "
+                f"response (a positive integer), got {max_response_length!r}"
+            )
+    else:
+        max_response_length = None  # the chat rule cuts by its own budget
     if max_length < 8:
         raise ConfigError(f"max_length={max_length} is too small to hold a prompt and a response")
     if split not in SPLITS:
@@ -249,7 +318,7 @@ def build_preference_dataset(
     reward_token_id = reward_token_or_none(reward_token_id)  # XTuner configs write -1 for none
     tokenizer = build(tokenizer)
     check_reward_token(tokenizer, reward_token_id)
-    template = resolve_chat_template(tokenizer, chat_template)
+    template = None if is_reference else resolve_chat_template(tokenizer, chat_template)  # reference data: no template
     source = describe_source(dataset)
     num_proc = min(num_proc or 8, os.cpu_count() or 1)  # more processes than cores only adds start-up time
 
@@ -257,10 +326,18 @@ def build_preference_dataset(
     if len(records) == 0:
         raise DataError(source, 0, "*", "the data set is empty")
     records, record_indices, part = _keep_part(records, val_split, split_seed, split)
+    map_fn_name = dataset_map_fn if isinstance(dataset_map_fn, str) else getattr(dataset_map_fn, "__name__", None)
+    if dataset_map_fn == AUTO_MAP_FN:
+        first = records.select(range(min(DETECT_RECORDS, len(records)))).to_list()
+        map_fn_name, shape = detect_record_format(first, source, option_names["dataset_map_fn"])
+        dataset_map_fn = map_fn_name
+        print_log(f"{source}: the records look like {shape}; reading them with {map_fn_name}", logger="current")
     num_proc = max(1, min(num_proc, len(records) // 64 or 1))
     with datasets_progress("map records", len(records)):  # bars on a terminal, plain lines in log files
         mapped = records.map(
-            _MapRecord(resolve_map_fn(dataset_map_fn), source, skip_bad_records, record_indices),
+            _MapRecord(
+                resolve_map_fn(dataset_map_fn), source, skip_bad_records, record_indices, is_reference, option_names
+            ),
             with_indices=True,
             remove_columns=records.column_names,
             num_proc=num_proc if num_proc > 1 else None,
@@ -278,8 +355,10 @@ def build_preference_dataset(
     mapped = mapped.remove_columns("error")
     with datasets_progress("tokenize pairs", len(mapped)):
         encoded = mapped.map(
-            _EncodePair(tokenizer, max_length, reward_token_id, template),
-            remove_columns=["prompt", "chosen", "rejected"],
+            _EncodePair(tokenizer, max_length, reward_token_id, template, max_response_length),
+            remove_columns=[
+                name for name in ("prompt", "chosen", "rejected", "reference", "wrapper") if name in mapped.column_names
+            ],
             num_proc=num_proc if num_proc > 1 else None,
             load_from_cache_file=False,
             desc="tokenize pairs",
@@ -301,7 +380,11 @@ def build_preference_dataset(
         "rejected_cut_pairs": sum(1 for n in counts["rejected_response_cut"] if n),
         "dropped_pairs": len(errors) + identical,  # truncation keeps every pair; unusable and identical ones drop
         "identical_pairs": identical,
+        "map_fn": map_fn_name,
     }
+    if is_reference:
+        summary["reference_cut_pairs"] = sum(1 for n in encoded["reference_cut"] if n)
+        summary["max_response_length"] = max_response_length
     dataset_out = PreferenceDataset(
         encoded.select_columns(["chosen_ids", "rejected_ids", "margin", "record_index"]), summary
     )

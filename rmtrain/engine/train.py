@@ -28,6 +28,7 @@ from rmtrain.compat import ddp_wrapper_config, flexible_runner_class
 from rmtrain.config import load_config
 from rmtrain.data.preference_dataset import largest_token_id
 from rmtrain.engine.checkpoint_hook import AtomicCheckpointHook
+from rmtrain.engine.console import FILE_ONLY, built_line, finished_lines, quiet_console_runner
 from rmtrain.engine.deepspeed import deepspeed_runner_kwargs, match_partitioned_dtype, zero3_construction
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelHook, ZeroGradientStopHook
@@ -231,7 +232,7 @@ def train(
         )
 
     runner_class, runner_kwargs = _runner_class_and_kwargs(cfg, deepspeed, resume_from)
-    runner = runner_class(
+    runner = quiet_console_runner(runner_class)(
         work_dir=work_dir,
         train_dataloader=train_dataloader,
         train_cfg=cfg.train_cfg,
@@ -250,10 +251,15 @@ def train(
         **runner_kwargs,
     )
     _check_vocabulary(runner, train_dataset)
-    runner.logger.info(train_dataset.summary_text())
+    # Shown on the console when the data was built; here for the log file.
+    runner.logger.info(train_dataset.summary_text(), extra=FILE_ONLY)
     if validates:
-        runner.logger.info(f"validation: {val_dataset.summary_text()}")
+        runner.logger.info(f"validation: {val_dataset.summary_text()}", extra=FILE_ONLY)
+    runner.logger.info(built_line(runner, cfg, train_dataset, val_dataset if validates else None, deepspeed))
     if resume is not None and resume_from is None:
         runner.logger.info(f"--resume auto: no checkpoint in {work_dir} yet, starting from the beginning")
     runner.train()
+    if runner.rank == 0:
+        for line in finished_lines(config, work_dir):
+            runner.logger.info(line)
     return runner

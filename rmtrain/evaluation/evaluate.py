@@ -12,6 +12,7 @@ import datasets
 import torch
 
 from rmtrain.data.loading import load_records
+from rmtrain.data.map_fns import AUTO_MAP_FN
 from rmtrain.data.preference_dataset import PreferenceDataset, build_preference_dataset
 from rmtrain.engine.precision import autocast_context
 from rmtrain.errors import ConfigError, DataError, RmtrainError
@@ -22,6 +23,7 @@ from rmtrain.normalization import measure_normalization, require_normalization, 
 from rmtrain.progress import progress
 from rmtrain.scoring import length_sorted_batches, score_batch
 
+CLI_OPTION_NAMES = {"skip_bad_records": "--skip-bad-records", "dataset_map_fn": "--map-fn"}
 SUBSET_FIELDS = ("subset", "category", "source")  # the first one a record set has labels the per-subset table
 DATA_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
@@ -119,7 +121,7 @@ def evaluate_reward_model(
     """Score every pair of `data` with `model` and return the summary (see `preference_metrics` for its metrics).
 
     `model`: a folder from `rmtrain convert pth_to_hf`, or a training checkpoint with its `config`.
-    `map_fn`: how to read the records (default: rmtrain's own format). `max_length`: default the
+    `map_fn`: how to read the records (default: found from the first records' shape). `max_length`: default the
     training one (see `RewardModelSource`). `out`: write one JSON line per pair there and the
     summary to `report.summary_path(out)`. `chat_template`: override the model's template.
     `skip_bad_records`: drop (and count) records the map function cannot read instead of stopping.
@@ -144,12 +146,17 @@ def evaluate_reward_model(
         dataset=data_cfg,
         tokenizer=encoding.tokenizer,
         max_length=max_length,
-        dataset_map_fn=map_fn,
+        # without --map-fn the format is found from the first records (reference data: rmtrain's own format)
+        dataset_map_fn=map_fn or (None if encoding.max_response_length is not None else AUTO_MAP_FN),
         is_dpo=False,
         is_reward=True,
         reward_token_id=encoding.reward_token_id,
         chat_template=chat_template or encoding.chat_template,
         skip_bad_records=skip_bad_records,
+        # a reference-conditioned (POLAR) model scores each response against the record's `reference`
+        is_reference=encoding.max_response_length is not None,
+        max_response_length=encoding.max_response_length,
+        option_names=CLI_OPTION_NAMES,
     )
     record_indices = list(pairs.pairs["record_index"])
     subset_field, subsets = subset_labels(records, record_indices)
@@ -173,6 +180,7 @@ def evaluate_reward_model(
         "data": data,
         "max_length": max_length,
         "max_length_from": max_length_from,
+        "map_fn": pairs.summary["map_fn"],
         "dropped_records": pairs.summary["dropped_pairs"],
         "truncation": {
             key: pairs.summary[key] for key in ("prompt_cut_pairs", "chosen_cut_pairs", "rejected_cut_pairs")

@@ -49,6 +49,8 @@ class Encoding:
     chat_template: str | None  # a named template or Jinja text; None: the tokenizer's own
     max_length: int
     max_length_from: str  # 'config', 'rmtrain_config.json', 'rmtrain_config.py' or 'default', for the report
+    # Reference-conditioned (POLAR) models: tokens kept of the reference and of each response; None: chat models
+    max_response_length: int | None = None
 
 
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
@@ -128,6 +130,7 @@ class RewardModelSource:
                 chat_template=inputs.chat_template,
                 max_length=inputs.max_length,
                 max_length_from="config",
+                max_response_length=inputs.max_response_length,
             )
         from transformers import AutoTokenizer
 
@@ -146,6 +149,11 @@ class RewardModelSource:
             chat_template=None,  # the folder's tokenizer carries the template used in training
             max_length=max_length,
             max_length_from=max_length_from,
+            max_response_length=(
+                scoring_inputs(self.cfg).max_response_length
+                if self.cfg is not None
+                else getattr(self.folder_config, "reference_max_response_length", None)
+            ),
         )
 
     def _folder_max_length(self) -> tuple[int, str]:

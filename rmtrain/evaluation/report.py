@@ -42,13 +42,17 @@ def _distribution_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _read_with(summary: dict) -> str:
+    return f" read with {summary['map_fn']}" if summary.get("map_fn") else ""
+
+
 def summary_table(summary: dict) -> str:
     """A readable report of `evaluate_reward_model`'s summary."""
     cut = summary["truncation"]
     lines = [
         f"model     {summary['model']} ({summary['model_class']}, {summary['dtype']} on {summary['device']})",
         (
-            f"data      {summary['data']}: {summary['pairs']} pairs, max_length {summary['max_length']} "
+            f"data      {summary['data']}: {summary['pairs']} pairs{_read_with(summary)}, max_length {summary['max_length']} "
             f"({summary['max_length_from']}); prompt cut in {cut['prompt_cut_pairs']} pairs, chosen response "
             f"in {cut['chosen_cut_pairs']}, rejected response in {cut['rejected_cut_pairs']}; "
             f"{summary.get('dropped_records', 0)} unreadable records dropped"

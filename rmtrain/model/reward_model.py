@@ -18,13 +18,23 @@ def trunk_of(language_model: nn.Module) -> nn.Module:
     return getattr(language_model, "base_model", language_model)
 
 
+def _is_score_head(module, hidden_size: int) -> bool:
+    """A bias-free Linear(hidden, 1), the value head shape that training, export and evaluation read."""
+    return (
+        isinstance(module, nn.Linear)
+        and module.bias is None
+        and (module.in_features, module.out_features) == (hidden_size, 1)
+    )
+
+
 class RewardModel(BaseModel):
     """Scores a conversation with one number, read at its last attended token (the reward token).
 
     Args:
         llm: the language model or its config, e.g.
             `dict(type=AutoModel.from_pretrained, pretrained_model_name_or_path=...)`; a causal-LM
-            class works too, its LM head is dropped.
+            class works too, its LM head is dropped. A model with a `v_head` (a pre-trained reward
+            model such as POLAR's, loaded as InternLM2ForRewardModel) keeps that head.
         reward_token_id: the token appended to every sequence (checked against the embedding size).
         loss_type: 'ranking' (-log sigmoid(chosen - rejected - margin)) or 'focal'.
         penalty_type: 'log_barrier' (keeps scores in (-5, 5)), 'l2' or 'none'.
@@ -58,7 +68,8 @@ class RewardModel(BaseModel):
         self.penalty_weight = penalty_weight
         self.reward_token_id = reward_token_id = reward_token_or_none(reward_token_id)
 
-        self.model = trunk_of(build(llm, recursive=True))
+        language_model = build(llm, recursive=True)
+        self.model = trunk_of(language_model)
         self.model.config.use_cache = False
         if use_varlen_attn:  # packed batches: attention stays within each sequence, at its own cost
             self.model.set_attn_implementation(packed_attention_implementation())
@@ -67,9 +78,14 @@ class RewardModel(BaseModel):
             raise ConfigError(
                 f"reward_token_id={reward_token_id} is outside the model's embeddings (size {vocab_size})"
             )
-        # Zero-initialised, as users of this recipe expect: every score starts at 0.
-        self.v_head = nn.Linear(self.model.config.hidden_size, 1, bias=False)
-        nn.init.zeros_(self.v_head.weight)
+        pretrained_head = getattr(language_model, "v_head", None)
+        if _is_score_head(pretrained_head, self.model.config.hidden_size):
+            # A pre-trained reward model (POLAR's base models) keeps its head and goes on from its scores.
+            self.v_head = pretrained_head
+        else:
+            # Zero-initialised, as users of this recipe expect: every score starts at 0.
+            self.v_head = nn.Linear(self.model.config.hidden_size, 1, bias=False)
+            nn.init.zeros_(self.v_head.weight)
         if use_activation_checkpointing:
             enable_activation_checkpointing(self.model)
 

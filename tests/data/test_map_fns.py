@@ -337,6 +337,7 @@ def test_every_function_is_registered_under_its_own_name():
         "sharegpt_preference_map_fn",
         "string_preference_map_fn",
         "messages_preference_map_fn",
+        "reference_preference_map_fn",
     }
     for name, fn in MAP_FNS.items():
         assert fn.__name__ == name
@@ -474,3 +475,91 @@ def test_real_orca_dpo_pairs_first_records(data_dir):
         assert_well_formed(out)
         assert out["prompt"][0]["role"] == ("system" if record["system"].strip() else "user")
         assert out["prompt"][-1] == user(record["question"])
+
+
+# --- format detection --------------------------------------------------------------------------
+
+import datasets  # noqa: E402
+
+from rmtrain.data.map_fns import detect_record_format  # noqa: E402
+from rmtrain.errors import ConfigError  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+_M = [{"role": "user", "content": "Hi"}]
+_A = [{"role": "assistant", "content": "Hello"}]
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"prompt": _M, "chosen": _A, "rejected": _A}, "messages_preference_map_fn"),
+        ({"prompt": "Hi", "chosen": _A, "rejected": _A}, "messages_preference_map_fn"),
+        ({"prompt": "Hi", "chosen": _M + _A, "rejected": _M + _A}, "orpo_dpo_mix_40k_map_fn"),
+        ({"prompt": "Hi", "chosen": "Hello", "rejected": "Go"}, "string_preference_map_fn"),
+        ({"system": "", "question": "Hi", "chosen": "Hello", "rejected": "Go"}, "intel_orca_dpo_map_fn"),
+        ({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Go"}, "hh_rlhf_map_fn"),
+        (
+            {"conversations": [{"from": "human", "value": "Hi"}], "chosen": {"from": "gpt", "value": "a"},
+             "rejected": {"from": "gpt", "value": "b"}},
+            "sharegpt_preference_map_fn",
+        ),
+    ],
+)  # fmt: skip
+def test_detect_record_format_on_built_records(record, expected):
+    name, shape = detect_record_format([record, record], "f.jsonl")
+    assert name == expected and shape
+    assert MAP_FNS[name](record)["chosen"][-1]["role"] == "assistant"  # the chosen function reads it
+
+
+def test_detect_record_format_refusal_lists_fields_and_closest_and_the_option():
+    record = {"question_text": "Hi", "answer_good": "a", "answer_bad": "b", "prompt": "Hi"}
+    with pytest.raises(ConfigError) as info:
+        detect_record_format([record], "mine.jsonl", option="--map-fn")
+    message = str(info.value)
+    assert "mine.jsonl" in message and "question_text (str)" in message and "answer_bad (str)" in message
+    assert "string_preference_map_fn" in message and "missing chosen, rejected" in message
+    assert "--map-fn NAME" in message
+    with pytest.raises(ConfigError, match="dataset_map_fn='NAME'"):
+        detect_record_format([record], "mine.jsonl")
+
+
+def _first_records(path: Path, count: int = 8) -> list[dict]:
+    if path.suffix == ".csv":
+        return datasets.load_dataset("csv", data_files=str(path), split="train").select(range(count)).to_list()
+    with gzip.open(path, "rt") as handle:
+        if path.name.endswith(".json.gz"):
+            return json.load(handle)[:count]
+        return [json.loads(line) for _, line in zip(range(count), handle)]
+
+
+@pytest.mark.slow  # reads ../shared/data
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the real data folder {SHARED_DATA} is not here")
+@pytest.mark.parametrize(
+    "relative, expected",
+    [
+        ("hh-rlhf/helpful-base/test.jsonl.gz", "hh_rlhf_map_fn"),
+        ("hh-rlhf/harmless-base/test.jsonl.gz", "hh_rlhf_map_fn"),
+        ("ultrafeedback-binarized-sample/train_clean.jsonl.gz", "string_preference_map_fn"),
+        ("llamafactory-demo/dpo_en_demo.json.gz", "sharegpt_preference_map_fn"),
+        ("misc-small/orca_dpo_pairs_demo.csv", "intel_orca_dpo_map_fn"),
+    ],
+)
+def test_detect_record_format_on_real_samples(relative, expected):
+    records = _first_records(SHARED_DATA / relative)
+    name, _shape = detect_record_format(records, relative)
+    assert name == expected
+    for record in records:  # and the function it chose reads every one of them
+        out = MAP_FNS[name](record)
+        assert out["prompt"] and out["chosen"][-1]["role"] == "assistant"
+
+
+@pytest.mark.slow  # reads ../shared/data
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the real data folder {SHARED_DATA} is not here")
+def test_detect_record_format_refuses_arena_votes():
+    # Chatbot Arena rows: two responses and a winner flag, no chosen/rejected: not a preference format here.
+    records = _first_records(SHARED_DATA / "misc-small/lmsys_arena_train_demo.csv")
+    with pytest.raises(ConfigError) as info:
+        detect_record_format(records, "lmsys_arena_train_demo.csv", option="--map-fn")
+    message = str(info.value)
+    assert "response_a (str)" in message and "winner_model_a (int)" in message
+    assert "string_preference_map_fn (reads prompt, chosen, rejected; missing chosen, rejected)" in message

@@ -335,3 +335,71 @@ def test_a_data_set_of_only_identical_pairs_is_an_error(tmp_path):
         _build(dict(type=load_jsonl_dataset, data_files=str(path)))
     assert info.value.source == str(path) and info.value.index == 0 and info.value.field == "rejected"
     assert "identical" in str(info.value)
+
+
+# --- reference-conditioned (POLAR) data --------------------------------------------------------
+
+
+def _reference_record(prompt="a b c d", reference="x y", chosen="5", rejected="6", wrapper=None):
+    record = _record(prompt, chosen, rejected)
+    record["reference"] = _msgs("assistant", reference)
+    if wrapper is not None:
+        record["wrapper"] = wrapper
+    return record
+
+
+def test_reference_data_uses_the_reference_rule_and_counts_cuts():
+    from rmtrain.scoring import encode_reference_sequence
+
+    tokenizer = build_demo_tokenizer()
+    records = [_reference_record(wrapper="sft"), _reference_record(reference="x y z w", wrapper="pretrain")]
+    pairs = _build(
+        datasets.Dataset.from_list(records), tokenizer, is_reference=True, max_response_length=2, max_length=64
+    )
+    for record, item in zip(records, pairs):
+        for side in ("chosen", "rejected"):
+            expected = encode_reference_sequence(
+                tokenizer, record["prompt"], record["reference"], record[side], 64, REWARD, 2,
+                record.get("wrapper", "sft"),
+            ).input_ids  # fmt: skip
+            assert item[f"{side}_ids"] == expected
+    assert pairs.summary["reference_cut_pairs"] == 1  # the second reference keeps its first 2 of 4 tokens
+    assert pairs.summary["prompt_cut_pairs"] == 0
+    assert "reference cut in 1" in pairs.summary_text()
+
+
+def test_reference_data_needs_its_fields():
+    with pytest.raises(ConfigError, match="max_response_length"):
+        _build(datasets.Dataset.from_list([_reference_record()]), is_reference=True)
+    with pytest.raises(DataError, match="'reference'"):
+        _build(datasets.Dataset.from_list([_record()]), is_reference=True, max_response_length=8)
+    with pytest.raises(DataError, match="'wrapper'"):
+        _build(
+            datasets.Dataset.from_list([_reference_record(wrapper="chat")]), is_reference=True, max_response_length=8
+        )
+
+
+# --- dataset_map_fn="auto" ---------------------------------------------------------------------
+
+
+def test_auto_map_fn_finds_the_format_and_says_so():
+    hh = {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi there\n\nAssistant: Go."}
+    pairs = _build(datasets.Dataset.from_list([hh, hh]), dataset_map_fn="auto")
+    assert pairs.summary["map_fn"] == "hh_rlhf_map_fn" and len(pairs) == 2
+
+
+def test_auto_map_fn_refusal_names_the_config_key():
+    with pytest.raises(ConfigError, match="dataset_map_fn='NAME'"):
+        _build(datasets.Dataset.from_list([{"text": "a", "label": 1}]), dataset_map_fn="auto")
+
+
+def test_missing_field_hint_names_what_the_user_types_there():
+    bad = [{"question": "Hi", "chosen": "a", "rejected": "b"}]
+    with pytest.raises(DataError) as info:
+        _build(datasets.Dataset.from_list(bad))
+    assert "skip_bad_records=True drops such records" in str(info.value)
+    assert "map function (dataset_map_fn)" in str(info.value)
+    cli = {"skip_bad_records": "--skip-bad-records", "dataset_map_fn": "--map-fn"}
+    with pytest.raises(DataError) as info:
+        _build(datasets.Dataset.from_list(bad), option_names=cli)
+    assert "--skip-bad-records drops such records" in str(info.value) and "(--map-fn)" in str(info.value)

@@ -89,7 +89,8 @@ def test_srun_two_tasks_train_one_ddp_job(tmp_path):
     # 64 pairs / (4 pairs x 2 ranks) = 8 iterations, checkpoints at 4 and 8.
     config = demo_config(tmp_path, num_pairs=64, batch_size=4, max_epochs=1, save_steps=4, log_interval=1)
     result, work_dir = srun_train(tmp_path, 2, config)
-    assert "Distributed training: True" in result.stdout + result.stderr
+    (log,) = work_dir.glob("*/*.log")  # the environment report is in the log file (not on the console)
+    assert "Distributed training: True" in log.read_text()
     assert_trained(result, work_dir, world_size=2, pairs_per_iter=8)
 
 

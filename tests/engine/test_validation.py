@@ -85,7 +85,10 @@ def test_validation_logs_metrics_and_keeps_the_best_checkpoint(validated_run):
         assert line["val/pairs"] == 4
         assert line["val/accuracy"] * 4 == pytest.approx(round(line["val/accuracy"] * 4))
     assert "Iter(val)" in result.stdout + result.stderr
-    assert "validation: preference data from the config's dataset (val part: 4 of 36 records" in result.stdout
+    assert "preference data from the config's dataset (val part: 4 of 36 records" in result.stdout  # once
+    assert result.stdout.count("(val part: 4 of 36 records") == 1
+    (log,) = work.glob("*/*.log")
+    assert "validation: preference data from the config's dataset (val part: 4 of 36 records" in log.read_text()
 
     best_step = max(val_lines, key=lambda line: line["val/accuracy"])["step"]  # the first of equal bests
     assert sorted(p.name for p in work.glob("iter_*.pth")) == ["iter_8.pth"]

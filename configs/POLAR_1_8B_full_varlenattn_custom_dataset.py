@@ -1,0 +1,167 @@
+# Fine-tune POLAR-1.8B-Base, a reference-conditioned (pre-trained) reward model, on your own JSONL files.
+# Each scored sequence is the prompt with a reference answer, then the prompt with the candidate
+# (rmtrain.scoring.encode_reference_sequence; no chat template). One JSON object per line:
+#   {"prompt": [{"role": "user", "content": "..."}], "reference": [{"role": "assistant", "content": "..."}],
+#    "chosen": [{"role": "assistant", "content": "..."}], "rejected": [{"role": "assistant", "content": "..."}],
+#    "wrapper": "sft"}   # optional: "sft" (parts joined by a newline, the default) or "pretrain" (joined directly)
+# `rmtrain check-data CONFIG` shows what training sees.
+from mmengine.dataset import DefaultSampler
+from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.optim import CosineAnnealingLR
+from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
+from torch.optim import AdamW
+from transformers import AutoTokenizer
+
+from rmtrain.data import LengthGroupedSampler, build_preference_dataset, load_jsonl_dataset, preference_collate_fn
+from rmtrain.engine import AutocastOptimWrapper, LinearWarmupLR, RewardLogProcessor, TrainLoop
+from rmtrain.model import RewardModel
+from rmtrain.model.internlm2 import InternLM2ForRewardModel
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+# Model
+pretrained_model_name_or_path = "internlm/POLAR-1_8B-Base"
+reward_token_id = 92527  # [UNUSED_TOKEN_130]
+use_varlen_attn = True  # pack whole pairs into padding-free rows of max_packed_length tokens
+loss_type = "ranking"
+penalty_type = "none"
+penalty_weight = 0.0
+
+# Data
+data_files = ["/path/to/your/data.jsonl"]  # one or more JSONL files, concatenated
+max_length = 16384
+max_response_length = 4096  # tokens kept of the reference and of each candidate (their first ones)
+max_packed_length = max_length * 2  # XTuner drops pairs longer than a bin; here every pair fits and trains
+
+# Scheduler & Optimizer
+batch_size = 1  # packed bins per device (use_varlen_attn=True); pairs per device when False
+accumulative_counts = 2
+dataloader_num_workers = 0
+max_epochs = 1
+optim_type = AdamW
+lr = 1e-5
+betas = (0.9, 0.95)
+weight_decay = 0.0
+max_norm = 1.0
+warmup_ratio = 0.03
+mixed_precision = "auto"  # bf16 autocast where the device supports it
+
+# Save
+save_steps = 500
+save_total_limit = 2  # maximum checkpoints to keep (-1 means unlimited)
+log_interval = 10
+
+#######################################################################
+#            PART 2  Model & Tokenizer                                #
+#######################################################################
+tokenizer = dict(
+    type=AutoTokenizer.from_pretrained,
+    pretrained_model_name_or_path=pretrained_model_name_or_path,
+    trust_remote_code=True,  # the published InternLM2 tokenizer is defined by code in its folder
+    padding_side="left",  # XTuner's setting; rmtrain reads every score at the last real token either way
+)
+
+model = dict(
+    type=RewardModel,  # reward_token_id and use_varlen_attn come from the data set's config
+    loss_type=loss_type,
+    penalty_type=penalty_type,
+    penalty_weight=penalty_weight,
+    use_activation_checkpointing=True,
+    llm=dict(
+        # rmtrain's own InternLM2 reward class (no remote code): the trunk and POLAR's trained value head
+        type=InternLM2ForRewardModel.from_pretrained,
+        pretrained_model_name_or_path=pretrained_model_name_or_path,
+        dtype="float32",  # fp32 master weights; the forward runs under bf16 autocast
+        attn_implementation="sdpa",
+    ),
+)
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+train_dataset = dict(
+    type=build_preference_dataset,
+    dataset=dict(type=load_jsonl_dataset, data_files=data_files),
+    tokenizer=tokenizer,
+    max_length=max_length,
+    dataset_map_fn=None,  # records are already prompt/reference/chosen/rejected messages
+    is_dpo=False,
+    is_reward=True,
+    is_reference=True,
+    max_response_length=max_response_length,
+    reward_token_id=reward_token_id,
+    num_proc=32,
+    use_varlen_attn=use_varlen_attn,
+    max_packed_length=max_packed_length,
+    pack_seed=0,
+    shuffle_before_pack=True,
+)
+
+train_dataloader = dict(
+    batch_size=1 if use_varlen_attn else batch_size,
+    num_workers=dataloader_num_workers,
+    dataset=train_dataset,
+    # Packed bins are shuffled as they are; padded batches group pairs of similar length.
+    sampler=dict(type=DefaultSampler, shuffle=True)
+    if use_varlen_attn
+    else dict(type=LengthGroupedSampler, batch_size=batch_size),
+    collate_fn=dict(type=preference_collate_fn),
+)
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+    type=AutocastOptimWrapper,
+    dtype=mixed_precision,
+    optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
+    accumulative_counts=accumulative_counts,
+)
+
+param_scheduler = [
+    dict(
+        type=LinearWarmupLR,
+        # XTuner's POLAR configs write start_factor=lr * 0.1, a learning rate where a factor belongs
+        # (a start at 1e-6 of lr); the warmup here starts at a tenth of lr, as the decay ends.
+        start_factor=0.1,
+        by_epoch=True,
+        begin=0,
+        end=warmup_ratio * max_epochs,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type=CosineAnnealingLR,
+        eta_min=lr * 0.1,
+        by_epoch=True,
+        begin=warmup_ratio * max_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
+]
+
+train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+custom_hooks = []
+
+default_hooks = dict(
+    timer=dict(type=IterTimerHook),
+    logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=log_interval),
+    param_scheduler=dict(type=ParamSchedulerHook),
+    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    sampler_seed=dict(type=DistSamplerSeedHook),
+)
+
+env_cfg = dict(
+    cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="nccl")
+)
+
+# Scalars go to <work_dir>/<timestamp>/vis_data/scalars.json and to TensorBoard event files.
+visualizer = dict(type=Visualizer, vis_backends=[dict(type=LocalVisBackend), dict(type=TensorboardVisBackend)])
+log_processor = dict(type=RewardLogProcessor, by_epoch=False, window_size=log_interval)
+log_level = "INFO"
+randomness = dict(seed=None, deterministic=False)  # None: a random seed, saved in checkpoints for --resume
