@@ -39,6 +39,14 @@ ARCHITECTURES = {
         model_type="internlm2", vocab_size=92544, hidden_size=2048, intermediate_size=8192,
         num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, bias=False,
     ),
+    "internlm/POLAR-1_8B-Base": dict(  # InternLM2-1.8B
+        model_type="internlm2", vocab_size=92544, hidden_size=2048, intermediate_size=8192,
+        num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, bias=False,
+    ),
+    "internlm/POLAR-7B-Base": dict(  # InternLM2-7B
+        model_type="internlm2", vocab_size=92544, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, bias=False,
+    ),
     "meta-llama/Meta-Llama-3-8B-Instruct": dict(
         model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,

@@ -27,14 +27,22 @@ def test_every_shipped_recipe_gets_an_estimate(rows):
         "tiny_llama_reward_full_demo",
         "smollm2_135m_instruct_reward_full_demo",
         "internlm2_chat_1_8b_reward_full_ultrafeedback",
+        "internlm2_chat_1_8b_reward_full_varlenattn_ultrafeedback",
+        "internlm2_chat_1_8b_reward_full_varlenattn_jsonl_dataset",
         "qwen2_5_1_5b_instruct_reward_full_ultrafeedback",
         LLAMA3,
+        "llama3_8b_instruct_reward_full_varlenattn_ultrafeedback",
+        "POLAR_1_8B_full_varlenattn_custom_dataset",
+        "POLAR_7B_full_varlenattn_custom_dataset",
     }
     expected_params = {  # published sizes of the trunks (without LM heads), plus the value head
         "smollm2_135m_instruct_reward_full_demo": 134.5e6,
         "internlm2_chat_1_8b_reward_full_ultrafeedback": 1.70e9,
         "qwen2_5_1_5b_instruct_reward_full_ultrafeedback": 1.54e9,
         LLAMA3: 7.50e9,
+        "llama3_8b_instruct_reward_full_varlenattn_ultrafeedback": 7.50e9,
+        "POLAR_1_8B_full_varlenattn_custom_dataset": 1.70e9,  # InternLM2-1.8B
+        "POLAR_7B_full_varlenattn_custom_dataset": 7.36e9,  # InternLM2-7B
     }
     for name, params in expected_params.items():
         assert rows[name]["params"] == pytest.approx(params, rel=0.01), name

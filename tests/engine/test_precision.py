@@ -10,6 +10,7 @@ from torch import nn
 
 from recipe_variants import recipe_variant
 from rmtrain import convert
+from rmtrain.config import ScoringInputs
 from rmtrain.engine import precision
 from rmtrain.engine.deepspeed import deepspeed_config
 from rmtrain.engine.precision import AutocastOptimWrapper, resolve_precision
@@ -73,7 +74,8 @@ def test_the_export_check_scores_the_bf16_folder_under_autocast(tiny_llama_confi
     seen = []
     forward = model.model.forward
     model.model.forward = lambda *args, **kwargs: seen.append(_autocast_state()) or forward(*args, **kwargs)
-    scores = convert._scores_of_export(model, demo_tokenizer, is_internlm2=False, reward_token_id=3)
+    inputs = ScoringInputs(reward_token_id=3, max_length=64, use_varlen_attn=False, chat_template=None)
+    scores = convert._scores_of_export(model, demo_tokenizer, is_internlm2=False, inputs=inputs)
     assert len(scores) == 3 and all(s.shape == (len(convert.VERIFY_CONVERSATIONS),) for s in scores.values())
     assert len(seen) == 3 and all(state == (True, torch.bfloat16) for state in seen)
 
