@@ -5,6 +5,9 @@
 #    "chosen": [{"role": "assistant", "content": "..."}], "rejected": [{"role": "assistant", "content": "..."}],
 #    "wrapper": "sft"}   # optional: "sft" (parts joined by a newline, the default) or "pretrain" (joined directly)
 # `rmtrain check-data CONFIG` shows what training sees.
+# Needs DeepSpeed ZeRO: its 7.4B parameters' fp32 weights, gradients and AdamW state take ~137 GiB per
+# GPU under plain DDP. On 8 x 80 GB GPUs: `NPROC_PER_NODE=8 rmtrain train THIS --deepspeed zero2`
+# (~26 GiB of model states per GPU) or `--deepspeed zero3` (~14 GiB); see docs/en/gpu.md.
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.optim import CosineAnnealingLR

@@ -1,5 +1,8 @@
 # Reward model from Llama-3-8B-Instruct on UltraFeedback (argilla's cleaned binarized set), packed pairs.
 # Loss: the InternLM2 report's focal ranking loss with a log-barrier penalty on the scores.
+# Needs DeepSpeed ZeRO: its 7.5B parameters' fp32 weights, gradients and AdamW state take ~140 GiB per
+# GPU under plain DDP. On 8 x 80 GB GPUs: `NPROC_PER_NODE=8 rmtrain train THIS --deepspeed zero2`
+# (~26 GiB of model states per GPU) or `--deepspeed zero3` (~14 GiB); see docs/en/gpu.md.
 from datasets import load_dataset
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
