@@ -216,23 +216,28 @@ def run_trl(suite: str, seed: int, run_dir: str) -> dict:
     return result
 
 
+def in_order_reward_trainer():
+    """TRL's RewardTrainer, walking the train set in the order given (the harness ordered it) instead of shuffling."""
+    from torch.utils.data import SequentialSampler
+    from trl import RewardTrainer
+
+    class InOrderRewardTrainer(RewardTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    return InOrderRewardTrainer
+
+
 def trl_main(spec_path: str) -> None:
     """The TRL arm, in its own process: train with RewardTrainer, then score every eval set."""
     import datasets
     import torch
-    from torch.utils.data import SequentialSampler
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     with open(spec_path) as handle:
         spec = json.load(handle)
-
-    class InOrderRewardTrainer(RewardTrainer):
-        """RewardTrainer that walks the train set in the order given (the harness ordered it)."""
-
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
 
     set_seed(spec["seed"])  # the score head is drawn when the model is built
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
@@ -253,7 +258,7 @@ def trl_main(spec_path: str) -> None:
         max_grad_norm=spec["max_norm"],
         optim="adamw_torch",
         bf16=spec["bf16"],
-        gradient_checkpointing=False,  # rmtrain's recipe recomputes nothing either; the same math, faster
+        activation_checkpointing=False,  # TRL recomputes activations by default; the recipe does not (same math)
         max_length=spec["max_length"],
         eval_strategy="no",
         save_strategy="no",
@@ -265,7 +270,7 @@ def trl_main(spec_path: str) -> None:
         seed=spec["seed"],
         data_seed=spec["seed"],
     )
-    trainer = InOrderRewardTrainer(
+    trainer = in_order_reward_trainer()(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(spec["train_records"]),
