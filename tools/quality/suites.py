@@ -28,7 +28,7 @@ HH_HELPFUL = "hh-rlhf/helpful-base/test.jsonl.gz"
 REAL_MAX_LENGTH = 384  # training max_length of the real suite (tokens per side, the reward token included)
 REAL_TRAIN_RECORDS = 178  # 160 train pairs (10 steps of 16) + 18 held out by the recipe's val split
 REAL_EVAL_MAX_LENGTH = 768  # eval pairs longer than this (either side) are left out, so no arm cuts any
-REAL_EVAL_PAIRS = {"ultrafeedback_eval": 100, "hh_helpful": 100}
+REAL_EVAL_PAIRS = {"ultrafeedback_eval": 80, "hh_helpful": 100}
 
 
 def _read_jsonl_gz(path: str) -> list[dict]:
