@@ -34,6 +34,19 @@ def _fmt(value, digits=3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _grad(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def variant_lines(variants: list[str]) -> list[str]:
+    """What each listed variant of the rmtrain arm changes (tools/quality/variants.py)."""
+    from tools.quality.variants import VARIANTS
+
+    return ["| variant | what it trains with |", "|---|---|"] + [
+        f"| {name} | {VARIANTS[name][0]} |" for name in variants if name in VARIANTS
+    ]
+
+
 def suite_tables(results: list[dict], suite: str, variants: list[str]) -> list[str]:
     """Markdown lines: the per-seed table and the paired differences of each variant against TRL."""
     rows = [row for row in results if row["suite"] == suite]
@@ -56,8 +69,9 @@ def suite_tables(results: list[dict], suite: str, variants: list[str]) -> list[s
         lines.append(
             f"| {row['arm']} | {', '.join(row['variants'])} | {row['seed']} | "
             + " | ".join(cells)
-            + f" | {_fmt(train.get('step_s'), 2)} | {_fmt(train.get('last_margin'), 2)} | {_fmt(train.get('last_grad_norm'), 2)} |"
+            + f" | {_fmt(train.get('step_s'), 2)} | {_fmt(train.get('last_margin'), 2)} | {_grad(train.get('last_grad_norm'))} |"
         )
+    lines += ["", *variant_lines(variants)]
     lines += ["", "Paired difference rmtrain - TRL in accuracy (same seed, same pairs, same order):", ""]
     lines += ["| variant | " + " | ".join(f"{name}: mean (sd) [min, max]" for name in sets) + " | seeds |",
               "|---|" + "---|" * len(sets) + "---|"]  # fmt: skip
