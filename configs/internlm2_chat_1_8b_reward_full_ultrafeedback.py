@@ -22,6 +22,7 @@ use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_
 loss_type = "focal"
 penalty_type = "log_barrier"
 penalty_weight = 0.01
+value_head_init = "zeros"  # XTuner's zero head (rmtrain's default is "normal"; docs/quality.md measures both)
 
 # Data
 dataset_name_or_path = "argilla/ultrafeedback-binarized-preferences-cleaned"
@@ -61,6 +62,7 @@ model = dict(
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
+    value_head_init=value_head_init,
     use_activation_checkpointing=True,
     llm=dict(
         type=AutoModel.from_pretrained,

@@ -36,6 +36,7 @@ use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_
 loss_type = "ranking"
 penalty_type = "log_barrier"
 penalty_weight = 0.01
+value_head_init = "normal"  # normal(0, initializer_range) like a new Hugging Face score head; "zeros": XTuner's
 
 # Data
 num_pairs = 1120  # training pairs; one pass is 70 iterations (a multiple of log_interval, so the last one is logged)
@@ -76,6 +77,7 @@ model = dict(
     loss_type=loss_type,
     penalty_type=penalty_type,
     penalty_weight=penalty_weight,
+    value_head_init=value_head_init,
     use_activation_checkpointing=False,
     llm=dict(
         type=smollm2_135m_instruct_model,  # LlamaModel: the chat model without its LM head
@@ -113,7 +115,7 @@ train_dataloader = dict(
     # Packed bins are shuffled as they are; padded batches group pairs of similar length.
     sampler=dict(type=DefaultSampler, shuffle=True)
     if use_varlen_attn
-    else dict(type=LengthGroupedSampler, batch_size=batch_size),
+    else dict(type=LengthGroupedSampler, batch_size=batch_size, seed=None),  # None: from the run's seed
     collate_fn=dict(type=preference_collate_fn, pad_token_id=pad_token_id),
 )
 

@@ -12,6 +12,16 @@ from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_pen
 from rmtrain.model.packed_attention import packed_attention_implementation
 from rmtrain.scoring import reward_token_or_none, score_sequences
 
+VALUE_HEAD_INITS = ("normal", "zeros")
+
+
+def init_value_head(head: nn.Linear, how: str, std: float) -> None:
+    """'normal': normal(0, std) weights (a random head, so the trunk learns from the first step); 'zeros': all 0."""
+    if how == "zeros":
+        nn.init.zeros_(head.weight)
+    else:
+        nn.init.normal_(head.weight, mean=0.0, std=std)
+
 
 def trunk_of(language_model: nn.Module) -> nn.Module:
     """The transformer body of a Hugging Face model: LlamaForCausalLM -> LlamaModel; LlamaModel -> itself."""
@@ -40,6 +50,9 @@ class RewardModel(BaseModel):
         penalty_type: 'log_barrier' (keeps scores in (-5, 5)), 'l2' or 'none'.
         penalty_weight: weight of the penalty, summed over both sides' scores and averaged over pairs.
         use_activation_checkpointing: recompute activations in backward to save memory.
+        value_head_init: 'normal' (weights drawn from normal(0, the trunk config's initializer_range),
+            as Hugging Face initialises a new score head: the trunk gets gradients from the first step)
+            or 'zeros' (XTuner's choice: every score starts at 0, only the head moves on the first step).
         use_varlen_attn: the batches are packed rows (`build_preference_dataset(use_varlen_attn=True)`):
             rmtrain's packed attention, which runs flash-attn where the row is on a GPU in bf16/fp16
             (`rmtrain.model.packed_attention`) and per-sequence SDPA elsewhere.
@@ -55,12 +68,15 @@ class RewardModel(BaseModel):
         use_activation_checkpointing: bool = True,
         use_varlen_attn: bool = False,
         lora=None,
+        value_head_init: str = "normal",
     ):
         super().__init__()
         if loss_type not in LOSS_TYPES:
             raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
         if penalty_type not in PENALTY_TYPES:
             raise ConfigError(f"penalty_type must be one of {PENALTY_TYPES}, got '{penalty_type}'")
+        if value_head_init not in VALUE_HEAD_INITS:
+            raise ConfigError(f"value_head_init must be one of {VALUE_HEAD_INITS}, got '{value_head_init}'")
         if lora is not None:
             raise ConfigError("LoRA reward models are not supported yet: remove `lora` from the model config")
         self.loss_type = loss_type
@@ -83,9 +99,8 @@ class RewardModel(BaseModel):
             # A pre-trained reward model (POLAR's base models) keeps its head and goes on from its scores.
             self.v_head = pretrained_head
         else:
-            # Zero-initialised, as users of this recipe expect: every score starts at 0.
             self.v_head = nn.Linear(self.model.config.hidden_size, 1, bias=False)
-            nn.init.zeros_(self.v_head.weight)
+            init_value_head(self.v_head, value_head_init, getattr(self.model.config, "initializer_range", 0.02))
         if use_activation_checkpointing:
             enable_activation_checkpointing(self.model)
 

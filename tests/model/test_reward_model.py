@@ -47,7 +47,7 @@ def _batch(rows):
 
 
 def test_v_head_zero_at_init_gives_zero_scores(tiny_llama):
-    rm = _rm(tiny_llama)
+    rm = _rm(tiny_llama, value_head_init="zeros")
     assert rm.v_head.weight.shape == (1, 32)
     assert torch.count_nonzero(rm.v_head.weight) == 0
     assert rm.v_head.bias is None
@@ -55,6 +55,35 @@ def test_v_head_zero_at_init_gives_zero_scores(tiny_llama):
     assert scores.shape == (len(ROWS),)
     assert scores.dtype == torch.float32
     assert torch.equal(scores, torch.zeros(len(ROWS)))
+
+
+def test_v_head_default_init_is_normal_with_the_trunk_initializer_range(tiny_llama):
+    torch.manual_seed(0)
+    rm = _rm(tiny_llama)
+    std = tiny_llama.config.initializer_range
+    weight = rm.v_head.weight.detach()
+    assert torch.count_nonzero(weight) == weight.numel()
+    # 32 draws of normal(0, std): their spread is std within a factor that 32 samples allow
+    assert 0.5 * std < weight.std().item() < 1.5 * std
+    scores = rm.score(_batch(ROWS))
+    assert torch.count_nonzero(scores) == len(ROWS)  # scores differ from 0 before any training
+
+
+def test_v_head_init_follows_the_seed_and_the_initializer_range(tiny_llama):
+    torch.manual_seed(3)
+    a = _rm(tiny_llama).v_head.weight.detach().clone()
+    torch.manual_seed(3)
+    b = _rm(tiny_llama).v_head.weight.detach().clone()
+    assert torch.equal(a, b)
+    tiny_llama.config.initializer_range = 0.5
+    torch.manual_seed(3)
+    wide = _rm(tiny_llama).v_head.weight.detach()
+    torch.testing.assert_close(wide, a * (0.5 / 0.02), rtol=1e-5, atol=1e-7)  # the same draws, scaled
+
+
+def test_v_head_init_unknown_value_is_a_config_error(tiny_llama):
+    with pytest.raises(ConfigError, match="value_head_init must be one of"):
+        _rm(tiny_llama, value_head_init="xavier")
 
 
 def test_padded_batch_scores_equal_unpadded_rows(tiny_llama):
@@ -138,7 +167,7 @@ def test_loss_mode_focal_no_penalty(tiny_llama):
 
 
 def test_ties_count_as_wrong(tiny_llama):
-    rm = _rm(tiny_llama)  # zero head: every score is 0, every pair a tie
+    rm = _rm(tiny_llama, value_head_init="zeros")  # zero head: every score is 0, every pair a tie
     out = rm(_pairs_batch(), mode="loss")
     assert out["acc"].item() == 0.0
     assert out["chosen_score_mean"].item() == 0.0 and out["rejected_score_mean"].item() == 0.0

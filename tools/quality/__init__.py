@@ -1,0 +1,1 @@
+"""A/B harness: reward-model quality of rmtrain against TRL's RewardTrainer (`python -m tools.quality`)."""
