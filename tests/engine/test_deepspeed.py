@@ -24,8 +24,14 @@ def rmtrain(*args, cwd, nproc=1, pythonpath=(), check=True):
     return run_rmtrain(*args, cwd=cwd, nproc=nproc, pythonpath=pythonpath or (), check=check, timeout=600)
 
 
+# A zero-initialised head, so that a non-zero head after training shows that it trained.
+ZERO_HEAD = [
+    ("    penalty_weight=penalty_weight,\n", '    penalty_weight=penalty_weight,\n    value_head_init="zeros",\n')
+]
+
+
 def demo_config(folder: Path, name: str, extra: str = "", **changes) -> Path:
-    return recipe_variant(folder, name, extra=extra, **{**SETTINGS, **changes})
+    return recipe_variant(folder, name, extra=extra, replacements=ZERO_HEAD, **{**SETTINGS, **changes})
 
 
 def logged_losses(work_dir: Path) -> list[float]:

@@ -71,9 +71,10 @@ def read_scalars(work_dir: Path) -> list[dict]:
 
 
 def assert_trained(result, work_dir: Path, world_size: int, pairs_per_iter: int) -> None:
-    output = result.stdout + result.stderr
-    assert "Distributed launcher: slurm" in output, output[-4000:]
-    assert f"GPU number: {world_size}" in output, output[-4000:]  # mmengine's name for the world size
+    (log,) = work_dir.glob("*/*.log")  # mmengine's environment report is in the log file (not on the console)
+    report = log.read_text()
+    assert "Distributed launcher: slurm" in report, report[-4000:]
+    assert f"GPU number: {world_size}" in report, report[-4000:]  # mmengine's name for the world size
     assert sorted(p.name for p in work_dir.glob("iter_*.pth")) == ["iter_4.pth", "iter_8.pth"]
     rows = [row for row in read_scalars(work_dir) if "loss" in row]
     assert [row["iter"] for row in rows] == list(range(1, 9))
@@ -81,8 +82,9 @@ def assert_trained(result, work_dir: Path, world_size: int, pairs_per_iter: int)
     assert all(row["num_samples"] == pairs_per_iter for row in rows), [row["num_samples"] for row in rows]
     final = torch.load(work_dir / "iter_8.pth", map_location="cpu", weights_only=False)
     assert final["meta"]["iter"] == 8
+    halfway = torch.load(work_dir / "iter_4.pth", map_location="cpu", weights_only=False)
     v_head = final["state_dict"]["v_head.weight"]
-    assert not torch.equal(v_head, torch.zeros_like(v_head))
+    assert not torch.equal(v_head, halfway["state_dict"]["v_head.weight"])  # the head kept training
 
 
 def test_srun_two_tasks_train_one_ddp_job(tmp_path):
