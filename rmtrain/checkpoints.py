@@ -8,9 +8,12 @@ and `rmtrain eval` read them only through this module:
 - what a path is: `is_checkpoint`, `is_deepspeed_checkpoint`;
 - where a run resumes: `find_resume_checkpoint`, and the seed it started with: `checkpoint_seed`;
 - which files may be unpickled in full: `load_checkpoint_file` and `trust_for_resume`;
-- the trained weights: `read_model_state_dict` and `load_model_weights`.
+- the trained weights: `read_model_state_dict` and `load_model_weights`;
+- LoRA checkpoints: which kind a state dict is (`check_adapter_kind`) and which frozen base model
+  its adapters belong to (`base_model_identity`, `check_same_base_model`).
 """
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -20,6 +23,11 @@ from rmtrain.errors import CheckpointError, ConfigError
 
 RESUME_POINTER = "last_checkpoint"  # written by mmengine after each complete save
 VALUE_HEAD_KEY = "v_head.weight"
+ADAPTER_MARK = ".lora_"  # in the key of every LoRA adapter weight (PEFT's lora_A, lora_B, ...)
+BASE_IDENTITY_KEY = "base_identity._extra_state"  # the frozen base model of a LoRA checkpoint
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_SAMPLED_CHUNKS = 16  # evenly spaced pieces of each weight file that its fingerprint reads
+_CHUNK_BYTES = 1 << 16
 
 
 # --- what a path is --------------------------------------------------------------------------------
@@ -123,10 +131,15 @@ def deepspeed_model_state_dict(path: str) -> dict:
     Those are DeepSpeed's fp32 master weights: exact also for bf16 runs, whose module weights are bf16,
     and for ZeRO-3, whose module file holds only this rank's slice.
     """
+    import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     folder = os.path.normpath(path)
-    return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder) or ".", tag=os.path.basename(folder))
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder) or ".", tag=os.path.basename(folder))
+    # Entries that are not tensors (a LoRA model's base-model identity) are only in the module file.
+    module = torch.load(_model_states_files(path)[0], map_location="cpu", weights_only=False).get("module") or {}
+    state_dict.update({key: value for key, value in module.items() if not isinstance(value, torch.Tensor)})
+    return state_dict
 
 
 def read_model_state_dict(path: str) -> dict:
@@ -145,6 +158,7 @@ def read_model_state_dict(path: str) -> dict:
 def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
     """Load strictly; a missing value head or any missing/extra/mis-shaped key is an error naming `path`."""
     expected = reward_model.state_dict()
+    check_adapter_kind(state_dict, getattr(reward_model, "lora", None) is not None, path)
     if VALUE_HEAD_KEY not in state_dict:
         raise CheckpointError(
             f"{path} has no trained value head ({VALUE_HEAD_KEY}); refusing to use a zero or random head"
@@ -154,7 +168,7 @@ def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
     misshaped = sorted(
         f"{key} {tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)}"
         for key in set(expected) & set(state_dict)
-        if tuple(state_dict[key].shape) != tuple(expected[key].shape)
+        if hasattr(expected[key], "shape") and tuple(state_dict[key].shape) != tuple(expected[key].shape)
     )
     problems = []
     for label, keys in (
@@ -168,3 +182,93 @@ def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
     if problems:
         raise CheckpointError(f"{path} does not fit this config's model; " + "; ".join(problems))
     reward_model.load_state_dict(state_dict, strict=True)
+
+
+# --- LoRA: what a checkpoint holds, and the base model its adapters belong to ----------------------
+
+
+def check_adapter_kind(state_dict_keys, model_has_lora: bool, where: str = "the checkpoint") -> None:
+    """A LoRA checkpoint (adapters + head) fits only a config with model.lora, a full one only a config without."""
+    has_adapters = any(ADAPTER_MARK in key for key in state_dict_keys)
+    if model_has_lora and not has_adapters:
+        raise CheckpointError(
+            f"{where} holds a model trained without LoRA (full weights, no adapters), but the config sets "
+            "model.lora; use the config it was trained with (without lora)"
+        )
+    if has_adapters and not model_has_lora:
+        raise CheckpointError(
+            f"{where} holds LoRA adapters (a model trained with model.lora), but the config has no lora; "
+            "use the config it was trained with (with the same lora settings)"
+        )
+
+
+def _file_fingerprint(files: list[Path]) -> str:
+    """sha256 over each weight file's name, size, first MiB and evenly spaced samples: seconds even for 15 GB."""
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))  # safetensors: the header (names, dtypes, shapes) and more
+            for index in range(_SAMPLED_CHUNKS):
+                handle.seek(size * index // _SAMPLED_CHUNKS)
+                digest.update(handle.read(_CHUNK_BYTES))
+    return digest.hexdigest()
+
+
+def _tensor_fingerprint(model) -> str:
+    """sha256 over every tensor's name, dtype, shape and first values (a model built from a config)."""
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                continue
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            head = tensor.detach().flatten()[:256].cpu()
+            digest.update(head.view(torch.uint8).numpy().tobytes() if head.numel() else b"")
+    return digest.hexdigest()
+
+
+def base_model_identity(model) -> dict:
+    """Which frozen base model a LoRA run trains on: {'name_or_path', 'fingerprint', 'fingerprinted'}.
+
+    A local folder is fingerprinted by its weight files (the same for a 4-bit and a full-precision
+    load of it); a Hub model by its name and commit; a model built from a config (random weights) by
+    its tensors.
+    """
+    name = str(getattr(model.config, "name_or_path", "") or "")
+    folder = Path(name)
+    files = (
+        sorted(path for path in folder.iterdir() if path.suffix in WEIGHT_FILE_SUFFIXES and path.is_file())
+        if name and folder.is_dir()
+        else []
+    )
+    if files:
+        return dict(name_or_path=name, fingerprint=_file_fingerprint(files), fingerprinted="weight files")
+    commit = getattr(model.config, "_commit_hash", None)
+    if name and commit:
+        return dict(
+            name_or_path=name,
+            fingerprint=hashlib.sha256(f"{name}@{commit}".encode()).hexdigest(),
+            fingerprinted=f"Hub commit {commit}",
+        )
+    return dict(
+        name_or_path=name or f"{type(model).__name__} built from a config",
+        fingerprint=_tensor_fingerprint(model),
+        fingerprinted="tensors (no weight files: a model built from a config has random weights)",
+    )
+
+
+def check_same_base_model(saved: dict, current: dict) -> None:
+    """Adapters fit only the base model they were trained on: a different one is an error naming both."""
+    if saved.get("fingerprint") == current.get("fingerprint"):
+        return
+    raise CheckpointError(
+        "the checkpoint's LoRA adapters were trained on base model "
+        f"{saved.get('name_or_path')} (fingerprint {str(saved.get('fingerprint'))[:16]}, by its "
+        f"{saved.get('fingerprinted')}), but this config builds {current.get('name_or_path')} (fingerprint "
+        f"{str(current.get('fingerprint'))[:16]}, by its {current.get('fingerprinted')}); use the base model "
+        "the adapters were trained on"
+    )

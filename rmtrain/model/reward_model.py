@@ -6,8 +6,10 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from rmtrain.builder import build
+from rmtrain.checkpoints import base_model_identity, check_adapter_kind, check_same_base_model
 from rmtrain.compat import enable_activation_checkpointing
 from rmtrain.errors import ConfigError
+from rmtrain.model import lora as lora_trunk
 from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
 from rmtrain.model.packed_attention import packed_attention_implementation
 from rmtrain.scoring import reward_token_or_none, score_sequences
@@ -16,6 +18,44 @@ from rmtrain.scoring import reward_token_or_none, score_sequences
 def trunk_of(language_model: nn.Module) -> nn.Module:
     """The transformer body of a Hugging Face model: LlamaForCausalLM -> LlamaModel; LlamaModel -> itself."""
     return getattr(language_model, "base_model", language_model)
+
+
+class BaseModelIdentity(nn.Module):
+    """The frozen base model of a LoRA reward model, kept in its state dict (`base_identity._extra_state`).
+
+    Loading a state dict whose identity differs (adapters trained on another base model) is an error.
+    """
+
+    def __init__(self, identity: dict):
+        super().__init__()
+        self.identity = dict(identity)
+
+    def get_extra_state(self) -> dict:
+        return dict(self.identity)
+
+    def set_extra_state(self, state) -> None:
+        check_same_base_model(dict(state), self.identity)
+
+
+def _compute_dtype() -> torch.dtype:
+    """bf16 where the device computes it natively, else fp32 (the 4-bit layers' matmul dtype)."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return (
+        torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else torch.float32
+    )
+
+
+def _check_checkpoint_kind(module, state_dict, prefix, *args) -> None:
+    keys = [key[len(prefix) :] for key in state_dict if key.startswith(prefix)]
+    if keys:
+        check_adapter_kind(keys, module.lora is not None)
+
+
+def _forgive_frozen_keys(module, incompatible_keys) -> None:
+    """A LoRA state dict leaves out the frozen base weights: they are not missing."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if key not in module._frozen_keys]
 
 
 class RewardModel(BaseModel):
@@ -32,6 +72,11 @@ class RewardModel(BaseModel):
         use_activation_checkpointing: recompute activations in backward to save memory.
         use_varlen_attn: the batches are packed rows (`build_preference_dataset(use_varlen_attn=True)`):
             use flash_attention_2 (GPU with flash-attn) or rmtrain's per-sequence SDPA.
+        lora: `dict(type=LoraConfig, r=..., lora_alpha=..., ...)`: the trunk is frozen and trained through
+            PEFT adapters; the value head (and any `modules_to_save`) is trained in full. With
+            `llm=dict(..., quantization_config=dict(type=BitsAndBytesConfig, ...))` the frozen trunk is
+            4- or 8-bit (QLoRA). The state dict then holds only what is trained, and the base model's
+            identity (see rmtrain.checkpoints.base_model_identity).
     """
 
     def __init__(
@@ -50,8 +95,19 @@ class RewardModel(BaseModel):
             raise ConfigError(f"loss_type must be one of {LOSS_TYPES}, got '{loss_type}'")
         if penalty_type not in PENALTY_TYPES:
             raise ConfigError(f"penalty_type must be one of {PENALTY_TYPES}, got '{penalty_type}'")
+        quantized = lora_trunk.is_quantized(llm)
+        if quantized:
+            if lora is None:
+                raise ConfigError(
+                    "llm.quantization_config needs model.lora: a quantised trunk is trained only through adapters"
+                )
+            lora_trunk.require("bitsandbytes")
+            llm = lora_trunk.with_compute_dtype(llm, _compute_dtype())
         if lora is not None:
-            raise ConfigError("LoRA reward models are not supported yet: remove `lora` from the model config")
+            lora_trunk.require("peft")
+        self.lora = lora
+        self.quantized = quantized
+        self._llm_config = llm  # a quantised trunk is loaded again in full precision to merge its adapters
         self.loss_type = loss_type
         self.penalty_type = penalty_type
         self.penalty_weight = penalty_weight
@@ -71,6 +127,39 @@ class RewardModel(BaseModel):
         nn.init.zeros_(self.v_head.weight)
         if use_activation_checkpointing:
             enable_activation_checkpointing(self.model)
+        if lora is not None:
+            self.base_identity = BaseModelIdentity(base_model_identity(self.model))
+            self.model = lora_trunk.apply_lora(self.model, lora, quantized, use_activation_checkpointing)
+            # What a checkpoint holds: the trained parameters (adapters, head) and the base model's identity.
+            self._saved_keys = {name for name, param in self.named_parameters() if param.requires_grad}
+            self._saved_keys.add("base_identity._extra_state")
+            self._frozen_keys = set(super().state_dict()) - self._saved_keys
+            self.register_load_state_dict_post_hook(_forgive_frozen_keys)
+        self.register_load_state_dict_pre_hook(_check_checkpoint_kind)
+
+    def state_dict(self, *args, **kwargs):
+        """Everything (full training), or only what LoRA training changes: adapters, head, base-model identity."""
+        state = super().state_dict(*args, **kwargs)
+        if self.lora is None:
+            return state
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for key in [key for key in state if key[len(prefix) :] not in self._saved_keys]:
+            del state[key]
+        return state
+
+    def merge_lora(self) -> None:
+        """Merge the adapters into the trunk (fp32; a quantised trunk is rebuilt in full precision first)."""
+        if self.lora is None:
+            return
+        full_precision = None
+        if self.quantized:
+            full_precision = trunk_of(build(lora_trunk.without_quantization(self._llm_config), recursive=True))
+            check_same_base_model(self.base_identity.identity, base_model_identity(full_precision))
+        self.model = lora_trunk.merged_trunk(self.model, full_precision)
+        self.v_head.float()
+        del self.base_identity
+        self.lora = None
+        self.quantized = False
 
     def score(self, batch: dict) -> torch.Tensor:
         """A padded or packed batch (see `rmtrain.scoring.score_sequences`) -> [sequences] fp32 scores."""
