@@ -107,7 +107,8 @@ class RewardModel(BaseModel):
             lora_trunk.require("peft")
         self.lora = lora
         self.quantized = quantized
-        self._llm_config = llm  # a quantised trunk is loaded again in full precision to merge its adapters
+        # A quantised trunk is loaded again in full precision to merge its adapters (a config dict, never a module).
+        self._llm_config = llm if quantized else None
         self.loss_type = loss_type
         self.penalty_type = penalty_type
         self.penalty_weight = penalty_weight
