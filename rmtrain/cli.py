@@ -65,6 +65,7 @@ def _convert_pth_to_hf(args) -> int:
         max_shard_size=args.max_shard_size,
         verify=not args.no_verify,
         overwrite=args.overwrite,
+        adapter=args.adapter,
     )
     return 0
 
@@ -200,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-verify", action="store_true", help="skip reloading the folder and comparing its scores")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty SAVE_DIR")
+    p.add_argument(
+        "--adapter",
+        action="store_true",
+        help="LoRA checkpoints: write a PEFT adapter folder (adapters + value head) instead of merging them",
+    )
     p.set_defaults(func=_convert_pth_to_hf)
 
     p = verbs.add_parser("plot", help="draw a work dir's training curves into a PNG")

@@ -19,7 +19,7 @@ from rmtrain.builder import build
 from rmtrain.checkpoints import checkpoint_seed, find_resume_checkpoint, is_deepspeed_checkpoint, trust_for_resume
 from rmtrain.compat import ddp_wrapper_config, flexible_runner_class
 from rmtrain.config import load_config
-from rmtrain.engine.deepspeed import deepspeed_runner_kwargs
+from rmtrain.engine.deepspeed import check_quantized_trunk_stage, deepspeed_runner_kwargs
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
@@ -125,6 +125,8 @@ def train(
     if launcher != "none":
         init_distributed(launcher)
     cfg = load_config(config, cfg_options)
+    if deepspeed:
+        check_quantized_trunk_stage(deepspeed, cfg)
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
     os.makedirs(work_dir, exist_ok=True)
 

@@ -159,24 +159,19 @@ def _adapter_weights(peft_model) -> dict:
     return get_peft_model_state_dict(peft_model)
 
 
-def merged_trunk(peft_model, full_precision_trunk: nn.Module | None = None) -> nn.Module:
-    """The trunk with its adapters merged in: a plain transformers model, fp32.
+def with_adapters_of(peft_model, full_precision_trunk: nn.Module):
+    """`full_precision_trunk` (the same base model as `peft_model`'s, loaded without quantisation) with its adapters.
 
-    A quantised trunk cannot take merged weights exactly: `full_precision_trunk` is the same base
-    model loaded again in full precision (`without_quantization`); it gets the trained adapters and
-    is merged instead.
+    A quantised trunk cannot take merged weights exactly, so export and merging start from this.
     """
     from peft import get_peft_model, set_peft_model_state_dict
 
-    if full_precision_trunk is None:
-        return peft_model.merge_and_unload().float()
-    full = full_precision_trunk
     config = copy.deepcopy(peft_model.peft_config["default"])
-    rebuilt = get_peft_model(full, config)
+    rebuilt = get_peft_model(full_precision_trunk, config)
     result = set_peft_model_state_dict(rebuilt, _adapter_weights(peft_model))
     if result.unexpected_keys:
         raise ConfigError(f"the full-precision base model does not take the adapters: {result.unexpected_keys[:6]}")
-    return rebuilt.merge_and_unload().float()
+    return rebuilt.float()
 
 
 def adapter_classifier(peft_model, value_head: nn.Module, base_model_name_or_path: str, pad_token_id: int | None):

@@ -148,19 +148,33 @@ class RewardModel(BaseModel):
             del state[key]
         return state
 
+    def init_weights(self) -> None:
+        """mmengine's Runner calls this before training; its bookkeeping takes every parameter's mean.
+
+        4- and 8-bit weights are integers without a mean, and a quantised trunk is always loaded
+        pretrained (the head is zero-initialised above), so there is nothing to initialise then.
+        """
+        if not self.quantized:
+            super().init_weights()
+
+    def dequantize_trunk(self) -> None:
+        """A quantised LoRA trunk -> the same base model in full precision (fp32) with the same adapters."""
+        if not self.quantized:
+            return
+        full_precision = trunk_of(build(lora_trunk.without_quantization(self._llm_config), recursive=True))
+        check_same_base_model(self.base_identity.identity, base_model_identity(full_precision))
+        self.model = lora_trunk.with_adapters_of(self.model, full_precision)
+        self.quantized = False
+
     def merge_lora(self) -> None:
         """Merge the adapters into the trunk (fp32; a quantised trunk is rebuilt in full precision first)."""
         if self.lora is None:
             return
-        full_precision = None
-        if self.quantized:
-            full_precision = trunk_of(build(lora_trunk.without_quantization(self._llm_config), recursive=True))
-            check_same_base_model(self.base_identity.identity, base_model_identity(full_precision))
-        self.model = lora_trunk.merged_trunk(self.model, full_precision)
+        self.dequantize_trunk()
+        self.model = self.model.merge_and_unload().float()
         self.v_head.float()
         del self.base_identity
         self.lora = None
-        self.quantized = False
 
     def score(self, batch: dict) -> torch.Tensor:
         """A padded or packed batch (see `rmtrain.scoring.score_sequences`) -> [sequences] fp32 scores."""
