@@ -424,7 +424,14 @@ def convert_pth_to_hf(
                 fp32,
                 adapter,
             )
-            _write_validation_statistics(cfg, partial, reloaded, is_internlm2)
+            if adapter:
+                print_log(
+                    "normalisation statistics not measured: an adapter folder has no config.json to hold them "
+                    "(the merged export, without --adapter, gets them)",
+                    logger="current",
+                )
+            else:
+                _write_validation_statistics(cfg, partial, reloaded, is_internlm2)
         except Exception as error:
             failed = save_dir.rstrip("/") + ".unverified"
             shutil.rmtree(failed, ignore_errors=True)

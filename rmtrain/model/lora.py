@@ -200,6 +200,7 @@ def adapter_classifier(peft_model, value_head: nn.Module, base_model_name_or_pat
         f"base_model.model.{prefix}.{key[len('base_model.model.') :]}": value
         for key, value in _adapter_weights(peft_model).items()
     }
+    weights["base_model.model.score.weight"] = value_head.weight.detach().float()
     result = set_peft_model_state_dict(wrapped, weights)
     if result.unexpected_keys:
         raise ConfigError(f"the sequence classifier does not take the adapters: {result.unexpected_keys[:6]}")
