@@ -24,7 +24,7 @@ from rmtrain.errors import CheckpointError, ConfigError
 RESUME_POINTER = "last_checkpoint"  # written by mmengine after each complete save
 VALUE_HEAD_KEY = "v_head.weight"
 ADAPTER_MARK = ".lora_"  # in the key of every LoRA adapter weight (PEFT's lora_A, lora_B, ...)
-BASE_IDENTITY_KEY = "base_identity._extra_state"  # the frozen base model of a LoRA checkpoint
+BASE_IDENTITY_KEY = "base_identity.encoded"  # the frozen base model of a LoRA checkpoint (JSON bytes)
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _SAMPLED_CHUNKS = 16  # evenly spaced pieces of each weight file that its fingerprint reads
 _CHUNK_BYTES = 1 << 16
@@ -131,15 +131,10 @@ def deepspeed_model_state_dict(path: str) -> dict:
     Those are DeepSpeed's fp32 master weights: exact also for bf16 runs, whose module weights are bf16,
     and for ZeRO-3, whose module file holds only this rank's slice.
     """
-    import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     folder = os.path.normpath(path)
-    state_dict = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder) or ".", tag=os.path.basename(folder))
-    # Entries that are not tensors (a LoRA model's base-model identity) are only in the module file.
-    module = torch.load(_model_states_files(path)[0], map_location="cpu", weights_only=False).get("module") or {}
-    state_dict.update({key: value for key, value in module.items() if not isinstance(value, torch.Tensor)})
-    return state_dict
+    return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder) or ".", tag=os.path.basename(folder))
 
 
 def read_model_state_dict(path: str) -> dict:
@@ -259,6 +254,21 @@ def base_model_identity(model) -> dict:
         fingerprint=_tensor_fingerprint(model),
         fingerprinted="tensors (no weight files: a model built from a config has random weights)",
     )
+
+
+def encode_identity(identity: dict):
+    """A base-model identity as a uint8 tensor of its JSON (what the state dict holds)."""
+    import json
+
+    import torch
+
+    return torch.tensor(list(json.dumps(identity, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_identity(encoded) -> dict:
+    import json
+
+    return json.loads(bytes(int(value) for value in encoded.tolist()).decode())
 
 
 def check_same_base_model(saved: dict, current: dict) -> None:

@@ -6,7 +6,14 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from rmtrain.builder import build
-from rmtrain.checkpoints import base_model_identity, check_adapter_kind, check_same_base_model
+from rmtrain.checkpoints import (
+    BASE_IDENTITY_KEY,
+    base_model_identity,
+    check_adapter_kind,
+    check_same_base_model,
+    decode_identity,
+    encode_identity,
+)
 from rmtrain.compat import enable_activation_checkpointing
 from rmtrain.errors import ConfigError
 from rmtrain.model import lora as lora_trunk
@@ -21,20 +28,24 @@ def trunk_of(language_model: nn.Module) -> nn.Module:
 
 
 class BaseModelIdentity(nn.Module):
-    """The frozen base model of a LoRA reward model, kept in its state dict (`base_identity._extra_state`).
+    """The frozen base model of a LoRA reward model, kept in its state dict (`base_identity.encoded`).
 
-    Loading a state dict whose identity differs (adapters trained on another base model) is an error.
+    A buffer of the identity's JSON bytes: a plain tensor, so every checkpoint format, weights-only
+    loading and the broadcast of the state dict across ranks carry it. Loading a state dict whose
+    identity differs (adapters trained on another base model) is an error naming both.
     """
 
     def __init__(self, identity: dict):
         super().__init__()
         self.identity = dict(identity)
+        self.register_buffer("encoded", encode_identity(self.identity))
+        self.register_load_state_dict_pre_hook(_check_identity)
 
-    def get_extra_state(self) -> dict:
-        return dict(self.identity)
 
-    def set_extra_state(self, state) -> None:
-        check_same_base_model(dict(state), self.identity)
+def _check_identity(module, state_dict, prefix, *args) -> None:
+    key = prefix + "encoded"
+    if key in state_dict:
+        check_same_base_model(decode_identity(state_dict[key]), module.identity)
 
 
 def _compute_dtype() -> torch.dtype:
@@ -133,7 +144,7 @@ class RewardModel(BaseModel):
             self.model = lora_trunk.apply_lora(self.model, lora, quantized, use_activation_checkpointing)
             # What a checkpoint holds: the trained parameters (adapters, head) and the base model's identity.
             self._saved_keys = {name for name, param in self.named_parameters() if param.requires_grad}
-            self._saved_keys.add("base_identity._extra_state")
+            self._saved_keys.add(BASE_IDENTITY_KEY)
             self._frozen_keys = set(super().state_dict()) - self._saved_keys
             self.register_load_state_dict_post_hook(_forgive_frozen_keys)
         self.register_load_state_dict_pre_hook(_check_checkpoint_kind)

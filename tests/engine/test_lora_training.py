@@ -9,7 +9,14 @@ import torch
 
 from cli_runner import run_rmtrain
 from recipe_variants import recipe_variant
-from rmtrain.checkpoints import BASE_IDENTITY_KEY, VALUE_HEAD_KEY, deepspeed_model_state_dict
+from rmtrain.checkpoints import (
+    BASE_IDENTITY_KEY,
+    VALUE_HEAD_KEY,
+    decode_identity,
+    deepspeed_model_state_dict,
+    load_checkpoint_file,
+    read_model_state_dict,
+)
 
 HERE = Path(__file__).parent  # train_stop_hook.py
 RECIPES = {"lora": "tiny_llama_reward_lora_demo", "qlora": "tiny_llama_reward_qlora_demo"}
@@ -30,7 +37,7 @@ def scalars(work_dir: Path) -> list[dict]:
 
 
 def weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return read_model_state_dict(str(path))
 
 
 def tensors(state_dict: dict) -> dict:
@@ -60,13 +67,13 @@ def test_tiny_demo_learns_and_saves_only_adapters_and_head(tmp_path, kind):
     log = result.stdout + result.stderr
     assert "LoRA target_modules not set: adapting ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj'" in log
 
-    saved = torch.load(tmp_path / "work" / "iter_40.pth", map_location="cpu", weights_only=True)
+    saved = load_checkpoint_file(str(tmp_path / "work" / "iter_40.pth"), [str(tmp_path / "work")])
     state = saved["state_dict"]
     assert torch.count_nonzero(state[VALUE_HEAD_KEY]) > 0
     assert set(state) - {VALUE_HEAD_KEY, BASE_IDENTITY_KEY} and all(
         ".lora_" in key for key in set(state) - {VALUE_HEAD_KEY, BASE_IDENTITY_KEY}
     )
-    assert state[BASE_IDENTITY_KEY]["name_or_path"].endswith("tiny-llama-random")
+    assert decode_identity(state[BASE_IDENTITY_KEY])["name_or_path"].endswith("tiny-llama-random")
     assert saved["optimizer"]["state"]  # Adam moments of what is trained, for resume
 
 
@@ -118,7 +125,7 @@ def test_lora_zero2_on_two_processes_matches_one_process_without_deepspeed(tmp_p
     assert max(abs(x - y) for x, y in zip(loss_a, loss_b)) < 1e-4, (loss_a, loss_b)
     gathered = deepspeed_model_state_dict(str(tmp_path / "b" / "iter_8.pth"))
     single = weights(tmp_path / "a" / "iter_8.pth")
-    assert gathered[BASE_IDENTITY_KEY] == single[BASE_IDENTITY_KEY]
+    assert decode_identity(gathered[BASE_IDENTITY_KEY]) == decode_identity(single[BASE_IDENTITY_KEY])
     assert max_difference(single, gathered) < 1e-3
 
 

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModel, BitsAndBytesConfig, LlamaModel
 
-from rmtrain.checkpoints import BASE_IDENTITY_KEY, VALUE_HEAD_KEY, load_model_weights
+from rmtrain.checkpoints import BASE_IDENTITY_KEY, VALUE_HEAD_KEY, decode_identity, load_model_weights
 from rmtrain.errors import CheckpointError, ConfigError
 from rmtrain.model import lora as lora_trunk
 from rmtrain.model.reward_model import RewardModel
@@ -78,7 +78,7 @@ def test_only_adapters_and_head_are_trained_and_saved(base_folder):
     assert trainable - {VALUE_HEAD_KEY} and all(".lora_" in name for name in trainable - {VALUE_HEAD_KEY})
     saved = rm.state_dict()
     assert set(saved) == trainable | {BASE_IDENTITY_KEY}
-    assert saved[BASE_IDENTITY_KEY]["name_or_path"] == base_folder
+    assert decode_identity(saved[BASE_IDENTITY_KEY])["name_or_path"] == base_folder
     # the default target modules for Llama: attention and MLP projections
     adapted = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trainable if ".lora_" in name}
     assert adapted == set(lora_trunk.DEFAULT_TARGET_MODULES["llama"])
@@ -87,7 +87,7 @@ def test_only_adapters_and_head_are_trained_and_saved(base_folder):
 def test_trained_lora_state_dict_reloads_exactly(base_folder):
     rm = _rm(base_folder)
     _train_steps(rm)
-    saved = {key: value.clone() if torch.is_tensor(value) else value for key, value in rm.state_dict().items()}
+    saved = {key: value.clone() for key, value in rm.state_dict().items()}
     assert torch.count_nonzero(saved[VALUE_HEAD_KEY]) > 0
     assert any(".lora_B" in key and torch.count_nonzero(value) > 0 for key, value in saved.items())
     fresh = _rm(base_folder)
@@ -180,7 +180,7 @@ def test_qlora_uses_real_nf4_layers_and_trains_the_adapters(wide_base_folder):
     q_proj = rm.model.base_model.model.layers[0].self_attn.q_proj.base_layer
     assert type(q_proj).__name__ == "Linear4bit" and q_proj.weight.quant_state.quant_type == "nf4"
     assert q_proj.weight.quant_state.nested  # double quantisation
-    before = {key: value.clone() for key, value in rm.state_dict().items() if torch.is_tensor(value)}
+    before = {key: value.clone() for key, value in rm.state_dict().items()}
     _train_steps(rm, steps=4)
     after = rm.state_dict()
     changed = [key for key in before if not torch.equal(before[key], after[key])]
