@@ -16,9 +16,19 @@ SHIPPED = (
     "internlm2_chat_1_8b_reward_full_ultrafeedback",
     "llama3_8b_instruct_reward_full_ultrafeedback",
     "qwen2_5_1_5b_instruct_reward_full_ultrafeedback",
+    "tiny_llama_reward_lora_demo",
+    "tiny_llama_reward_qlora_demo",
+    "smollm2_135m_instruct_reward_lora_demo",
+    "internlm2_chat_1_8b_reward_qlora_varlenattn_ultrafeedback",
 )
 TINY = "tiny_llama_reward_full_demo"
-OFFLINE = (TINY, "smollm2_135m_instruct_reward_full_demo")  # nothing to download
+OFFLINE = (  # nothing to download
+    TINY,
+    "smollm2_135m_instruct_reward_full_demo",
+    "tiny_llama_reward_lora_demo",
+    "tiny_llama_reward_qlora_demo",
+    "smollm2_135m_instruct_reward_lora_demo",
+)
 
 
 # --- recipes -----------------------------------------------------------------------------------
@@ -43,7 +53,12 @@ def test_shipped_config_paths_exist():
 @pytest.mark.parametrize("pattern", ["llama", "LLaMA", "LLAMA"])
 def test_list_configs_pattern_case_insensitive(pattern):
     names = list_configs(pattern)
-    assert set(names) == {"tiny_llama_reward_full_demo", "llama3_8b_instruct_reward_full_ultrafeedback"}
+    assert set(names) == {
+        "tiny_llama_reward_full_demo",
+        "tiny_llama_reward_lora_demo",
+        "tiny_llama_reward_qlora_demo",
+        "llama3_8b_instruct_reward_full_ultrafeedback",
+    }
 
 
 def test_list_configs_pattern_no_match():
@@ -322,3 +337,16 @@ def test_broken_config_file(tmp_path):
     path.write_text("model = dict(\n")
     with pytest.raises(ConfigError, match="cannot load config"):
         load_config(str(path))
+
+
+def test_internlm2_qlora_recipe_keeps_xtuner_settings(no_downloads):
+    from rmtrain.config import load_config
+
+    cfg = load_config("internlm2_chat_1_8b_reward_qlora_varlenattn_ultrafeedback")
+    quantization, lora = cfg.model.llm.quantization_config, cfg.model.lora
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant is True
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 16, 0.1)
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.train_dataloader.dataset.use_varlen_attn is True and cfg.model.use_varlen_attn is True
+    assert cfg.train_dataloader.dataset.max_packed_length == 4096 and cfg.optim_wrapper.accumulative_counts == 16
