@@ -160,12 +160,15 @@ class RewardModel(BaseModel):
         return state
 
     def init_weights(self) -> None:
-        """mmengine's Runner calls this before training; its bookkeeping takes every parameter's mean.
+        """mmengine's Runner calls this before training; it would call the trunk's own init_weights.
 
-        4- and 8-bit weights are integers without a mean, and a quantised trunk is always loaded
-        pretrained (the head is zero-initialised above), so there is nothing to initialise then.
+        For a LoRA model that must not happen: transformers re-initialises every module it did not load
+        (PEFT's lora_A and lora_B, drawn as N(0, 0.02)), so the adapters would start non-zero, as a random
+        change of the base model, instead of PEFT's initialisation (lora_B = 0: training starts from the
+        base model). mmengine's bookkeeping also takes every parameter's mean, which 4/8-bit weights lack.
+        The trunk is pretrained, the adapters initialised by PEFT and the head zero: nothing to do.
         """
-        if not self.quantized:
+        if self.lora is None:
             super().init_weights()
 
     def dequantize_trunk(self) -> None:

@@ -218,3 +218,14 @@ def test_compute_dtype_is_chosen_where_left_out(wide_base_folder):
         else torch.float32
     )
     assert layer.compute_dtype == expected
+
+
+def test_runner_initialisation_keeps_peft_initialisation(base_folder):
+    # mmengine's Runner calls init_weights() before training; transformers would redraw lora_B non-zero
+    rm = _rm(base_folder)
+    before = {key: value.clone() for key, value in rm.state_dict().items()}
+    rm.init_weights()
+    after = rm.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    lora_b = [value for key, value in after.items() if ".lora_B" in key]
+    assert lora_b and all(torch.count_nonzero(value) == 0 for value in lora_b)
