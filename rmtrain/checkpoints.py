@@ -154,6 +154,10 @@ def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
     """Load strictly; a missing value head or any missing/extra/mis-shaped key is an error naming `path`."""
     expected = reward_model.state_dict()
     check_adapter_kind(state_dict, getattr(reward_model, "lora", None) is not None, path)
+    # DeepSpeed's gathering of a LoRA run may add the frozen base weights: the model has them already.
+    frozen = getattr(reward_model, "_frozen_keys", None) if getattr(reward_model, "lora", None) is not None else None
+    if frozen:
+        state_dict = {key: value for key, value in state_dict.items() if key not in frozen}
     if VALUE_HEAD_KEY not in state_dict:
         raise CheckpointError(
             f"{path} has no trained value head ({VALUE_HEAD_KEY}); refusing to use a zero or random head"

@@ -126,7 +126,8 @@ def test_lora_zero2_on_two_processes_matches_one_process_without_deepspeed(tmp_p
     gathered = deepspeed_model_state_dict(str(tmp_path / "b" / "iter_8.pth"))
     single = weights(tmp_path / "a" / "iter_8.pth")
     assert decode_identity(gathered[BASE_IDENTITY_KEY]) == decode_identity(single[BASE_IDENTITY_KEY])
-    assert max_difference(single, gathered) < 1e-3
+    assert set(single) <= set(gathered)  # DeepSpeed's gathering may add the frozen weights
+    assert max_difference(single, {key: gathered[key] for key in single}) < 1e-3
 
 
 def test_qlora_with_zero3_is_refused_before_any_model_loads(tmp_path):
