@@ -108,6 +108,37 @@ def write_hf_folder_from_gguf(gguf_file: Path, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _write_once(folder: Path, wanted: dict, write, what: str) -> None:
+    """Write `folder` with `write(partial_folder)` unless it already holds `wanted` (another process may be writing it).
+
+    Under an exclusive lock, into a temporary folder renamed when complete; `wanted` goes last into it.
+    """
+    name = folder.name
+    with _exclusive_lock(folder.parent / f".{name}.lock"):
+        if _read_source(folder) == wanted:  # another process wrote it while this one waited
+            return
+        # Holding the lock, any partial folder is a killed writer's leftover.
+        for leftover in folder.parent.glob(f".{name}.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        print_log(f"{what} into {folder} (first use only)", logger="current")
+        start = time.perf_counter()
+        partial = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=folder.parent))
+        partial.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        try:
+            write(partial)
+            (partial / SOURCE_FILE).write_text(json.dumps(wanted, indent=2) + "\n")
+            if folder.exists():  # stale: made from another version of its source
+                stale = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=folder.parent))
+                os.replace(folder, stale / name)
+                os.replace(partial, folder)
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                os.replace(partial, folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # gone already after a successful rename
+        print_log(f"wrote {name} in {time.perf_counter() - start:.0f} s", logger="current")
+
+
 def hf_folder_from_gguf(package: str, filename: str, name: str, install: str | None = None) -> str:
     """Path of a Hugging Face folder converted from the GGUF file `filename` of pip package `package`.
 
@@ -133,33 +164,13 @@ def hf_folder_from_gguf(package: str, filename: str, name: str, install: str | N
     if _read_source(folder) == wanted:
         return str(folder)
 
-    with _exclusive_lock(folder.parent / f".{name}.lock"):
-        if _read_source(folder) == wanted:  # another process converted it while this one waited
-            return str(folder)
-        if importlib.util.find_spec("gguf") is None:
-            raise MissingPretrainedPackage(
-                f"converting {filename} needs the 'gguf' package: " + (install or "pip install gguf")
-            )
-        # Holding the lock, any partial folder is a killed conversion's leftover.
-        for leftover in folder.parent.glob(f".{name}.partial-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        print_log(f"converting {gguf_file} into {folder} (first use only)", logger="current")
-        start = time.perf_counter()
-        partial = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=folder.parent))
-        partial.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        try:
-            write_hf_folder_from_gguf(gguf_file, partial)
-            (partial / SOURCE_FILE).write_text(json.dumps(wanted, indent=2) + "\n")
-            if folder.exists():  # stale: made from another version of the package
-                stale = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=folder.parent))
-                os.replace(folder, stale / name)
-                os.replace(partial, folder)
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                os.replace(partial, folder)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)  # gone already after a successful rename
-        print_log(f"converted {name} in {time.perf_counter() - start:.0f} s", logger="current")
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingPretrainedPackage(
+            f"converting {filename} needs the 'gguf' package: " + (install or "pip install gguf")
+        )
+    _write_once(
+        folder, wanted, lambda partial: write_hf_folder_from_gguf(gguf_file, partial), f"converting {gguf_file}"
+    )
     return str(folder)
 
 
@@ -194,3 +205,50 @@ def smollm2_135m_instruct_model(**kwargs):
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(smollm2_135m_instruct(), **kwargs)
+
+
+# --- a tiny random Llama saved as a folder, the base model of the offline LoRA and QLoRA demos --------
+# LoRA adapters belong to one base model, and a 4-bit trunk can only be loaded from weight files:
+# seeded random weights saved once give both demos a base model that export and resume can find again.
+TINY_LLAMA_CONFIG = dict(
+    vocab_size=1024,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+TINY_LLAMA_SEED = 0
+
+
+def tiny_llama_base() -> str:
+    """Folder of a small Llama trunk with seeded random weights (fp32), written on first use (< 1 s)."""
+    import torch
+    import transformers
+
+    folder = cache_dir() / "tiny-llama-random"
+    wanted = {
+        "config": TINY_LLAMA_CONFIG,
+        "seed": TINY_LLAMA_SEED,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    if _read_source(folder) != wanted:
+
+        def write(partial: Path) -> None:
+            from transformers import LlamaConfig, LlamaModel
+
+            with torch.random.fork_rng():
+                torch.manual_seed(TINY_LLAMA_SEED)
+                model = LlamaModel(LlamaConfig(**TINY_LLAMA_CONFIG))
+            model.save_pretrained(partial)
+
+        _write_once(folder, wanted, write, "writing a seeded random tiny Llama")
+    return str(folder)
+
+
+def tiny_llama_base_model(**kwargs):
+    """`AutoModel.from_pretrained(<the tiny Llama folder>, **kwargs)`, e.g. with a quantization_config."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(tiny_llama_base(), **kwargs)

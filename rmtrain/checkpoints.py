@@ -13,8 +13,11 @@ save_checkpoint through mmengine's FlexibleRunner), each under a temporary name 
 - what is written: `plain_message_hub` (mmengine's log history as tensors, so checkpoints need no
   full unpickle), `commit_checkpoint` and `write_resume_pointer` (temporary name, fsync, rename);
 - the trained weights: `read_model_state_dict` and `load_model_weights`.
+- LoRA checkpoints: which kind a state dict is (`check_adapter_kind`) and which frozen base model
+  its adapters belong to (`base_model_identity`, `check_same_base_model`).
 """
 
+import hashlib
 import logging
 import os
 import pickle
@@ -32,6 +35,13 @@ PARTIAL_SUFFIX = ".tmp"  # iter_N.pth.tmp (file or DeepSpeed folder) while it is
 TRUST_FLAG = "--trust-checkpoint"
 _HISTORY_BUFFER = "rmtrain_history_buffer"  # tag of an mmengine HistoryBuffer saved as plain data
 _CHECKPOINT_NAME = re.compile(r"^iter_(\d+)\.pth$")
+ADAPTER_MARK = ".lora_"  # in the key of every LoRA adapter weight (PEFT's lora_A, lora_B, ...)
+BASE_IDENTITY_KEY = "base_identity.encoded"  # the frozen base model of a LoRA checkpoint (JSON bytes)
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_SAMPLED_CHUNKS = 16  # evenly spaced pieces of each weight file that its fingerprint reads
+_CHUNK_BYTES = 1 << 16
+
+
 # --- what a path is --------------------------------------------------------------------------------
 
 
@@ -332,6 +342,11 @@ def read_model_state_dict(path: str, trust: bool = False) -> dict:
 
 def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
     """Load strictly; a missing value head or any missing/extra/mis-shaped key is an error naming `path`."""
+    check_adapter_kind(state_dict, getattr(reward_model, "lora", None) is not None, path)
+    # DeepSpeed's gathering of a LoRA run may add the frozen base weights: the model has them already.
+    frozen = getattr(reward_model, "_frozen_keys", None) if getattr(reward_model, "lora", None) is not None else None
+    if frozen:
+        state_dict = {key: value for key, value in state_dict.items() if key not in frozen}
     if VALUE_HEAD_KEY not in state_dict:
         raise CheckpointError(
             f"{path} has no trained value head ({VALUE_HEAD_KEY}); refusing to use a zero or random head"
@@ -347,7 +362,7 @@ def check_weights_fit(expected: dict, state_dict: dict, path: str) -> None:
     misshaped = sorted(
         f"{key} {tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)}"
         for key in set(expected) & set(state_dict)
-        if tuple(state_dict[key].shape) != tuple(expected[key].shape)
+        if hasattr(expected[key], "shape") and tuple(state_dict[key].shape) != tuple(expected[key].shape)
     )
     problems = []
     for label, keys in (
@@ -360,3 +375,108 @@ def check_weights_fit(expected: dict, state_dict: dict, path: str) -> None:
             problems.append(f"{len(keys)} {label}: {shown}")
     if problems:
         raise CheckpointError(f"{path} does not fit this config's model; " + "; ".join(problems))
+
+
+# --- LoRA: what a checkpoint holds, and the base model its adapters belong to ----------------------
+
+
+def check_adapter_kind(state_dict_keys, model_has_lora: bool, where: str = "the checkpoint") -> None:
+    """A LoRA checkpoint (adapters + head) fits only a config with model.lora, a full one only a config without."""
+    has_adapters = any(ADAPTER_MARK in key for key in state_dict_keys)
+    if model_has_lora and not has_adapters:
+        raise CheckpointError(
+            f"{where} holds a model trained without LoRA (full weights, no adapters), but the config sets "
+            "model.lora; use the config it was trained with (without lora)"
+        )
+    if has_adapters and not model_has_lora:
+        raise CheckpointError(
+            f"{where} holds LoRA adapters (a model trained with model.lora), but the config has no lora; "
+            "use the config it was trained with (with the same lora settings)"
+        )
+
+
+def _file_fingerprint(files: list[Path]) -> str:
+    """sha256 over each weight file's name, size, first MiB and evenly spaced samples: seconds even for 15 GB."""
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))  # safetensors: the header (names, dtypes, shapes) and more
+            for index in range(_SAMPLED_CHUNKS):
+                handle.seek(size * index // _SAMPLED_CHUNKS)
+                digest.update(handle.read(_CHUNK_BYTES))
+    return digest.hexdigest()
+
+
+def _tensor_fingerprint(model) -> str:
+    """sha256 over every tensor's name, dtype, shape and first values (a model built from a config)."""
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                continue
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            head = tensor.detach().flatten()[:256].cpu()
+            digest.update(head.view(torch.uint8).numpy().tobytes() if head.numel() else b"")
+    return digest.hexdigest()
+
+
+def base_model_identity(model) -> dict:
+    """Which frozen base model a LoRA run trains on: {'name_or_path', 'fingerprint', 'fingerprinted'}.
+
+    A local folder is fingerprinted by its weight files (the same for a 4-bit and a full-precision
+    load of it); a Hub model by its name and commit; a model built from a config (random weights) by
+    its tensors.
+    """
+    name = str(getattr(model.config, "name_or_path", "") or "")
+    folder = Path(name)
+    files = (
+        sorted(path for path in folder.iterdir() if path.suffix in WEIGHT_FILE_SUFFIXES and path.is_file())
+        if name and folder.is_dir()
+        else []
+    )
+    if files:
+        return dict(name_or_path=name, fingerprint=_file_fingerprint(files), fingerprinted="weight files")
+    commit = getattr(model.config, "_commit_hash", None)
+    if name and commit:
+        return dict(
+            name_or_path=name,
+            fingerprint=hashlib.sha256(f"{name}@{commit}".encode()).hexdigest(),
+            fingerprinted=f"Hub commit {commit}",
+        )
+    return dict(
+        name_or_path=name or f"{type(model).__name__} built from a config",
+        fingerprint=_tensor_fingerprint(model),
+        fingerprinted="tensors (no weight files: a model built from a config has random weights)",
+    )
+
+
+def encode_identity(identity: dict):
+    """A base-model identity as a uint8 tensor of its JSON (what the state dict holds)."""
+    import json
+
+    import torch
+
+    return torch.tensor(list(json.dumps(identity, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_identity(encoded) -> dict:
+    import json
+
+    return json.loads(bytes(int(value) for value in encoded.tolist()).decode())
+
+
+def check_same_base_model(saved: dict, current: dict) -> None:
+    """Adapters fit only the base model they were trained on: a different one is an error naming both."""
+    if saved.get("fingerprint") == current.get("fingerprint"):
+        return
+    raise CheckpointError(
+        "the checkpoint's LoRA adapters were trained on base model "
+        f"{saved.get('name_or_path')} (fingerprint {str(saved.get('fingerprint'))[:16]}, by its "
+        f"{saved.get('fingerprinted')}), but this config builds {current.get('name_or_path')} (fingerprint "
+        f"{str(current.get('fingerprint'))[:16]}, by its {current.get('fingerprinted')}); use the base model "
+        "the adapters were trained on"
+    )

@@ -68,6 +68,7 @@ def _convert_pth_to_hf(args) -> int:
         verify=not args.no_verify,
         overwrite=args.overwrite,
         trust_checkpoint=args.trust_checkpoint,
+        adapter=args.adapter,
     )
     return 0
 
@@ -226,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip reloading the folder and comparing its scores")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty SAVE_DIR")
     _add_trust_checkpoint(p, "PTH")
+    p.add_argument(
+        "--adapter",
+        action="store_true",
+        help="LoRA checkpoints: write a PEFT adapter folder (adapters + value head) instead of merging them",
+    )
     p.set_defaults(func=_convert_pth_to_hf)
 
     p = verbs.add_parser("plot", help="draw a work dir's training curves into a PNG")

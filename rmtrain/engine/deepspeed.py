@@ -58,6 +58,20 @@ def read_deepspeed_config(name_or_path: str) -> dict:
     return config
 
 
+def check_quantized_trunk_stage(name_or_path: str, cfg) -> None:
+    """A 4/8-bit trunk (llm.quantization_config) cannot be partitioned by ZeRO-3: refused before any model loads."""
+    llm = cfg.model.get("llm")
+    if not (isinstance(llm, dict) and llm.get("quantization_config") is not None):
+        return
+    stage = (read_deepspeed_config(name_or_path).get("zero_optimization") or {}).get("stage", 0)
+    if stage == 3:
+        raise ConfigError(
+            f"--deepspeed {name_or_path}: ZeRO-3 partitions every weight, which bitsandbytes' 4/8-bit trunk "
+            "(model.llm.quantization_config, QLoRA) does not support; use deepspeed_zero2 (or zero1), or LoRA "
+            "without quantization_config under ZeRO-3"
+        )
+
+
 def _warn(message: str) -> None:
     from mmengine.logging import print_log
 

@@ -29,7 +29,12 @@ from rmtrain.config import load_config
 from rmtrain.data.preference_dataset import largest_token_id
 from rmtrain.engine.checkpoint_hook import AtomicCheckpointHook
 from rmtrain.engine.console import FILE_ONLY, built_line, finished_lines, quiet_console_runner
-from rmtrain.engine.deepspeed import deepspeed_runner_kwargs, match_partitioned_dtype, zero3_construction
+from rmtrain.engine.deepspeed import (
+    check_quantized_trunk_stage,
+    deepspeed_runner_kwargs,
+    match_partitioned_dtype,
+    zero3_construction,
+)
 from rmtrain.engine.distributed import is_distributed, on_rank0_then_share, world_size
 from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelHook, ZeroGradientStopHook
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
@@ -185,6 +190,8 @@ def train(
     if launcher != "none":
         init_distributed(launcher)
     cfg = load_config(config, cfg_options)
+    if deepspeed:
+        check_quantized_trunk_stage(deepspeed, cfg)
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
     _check_work_dir(work_dir)
     if torch.cuda.is_available():  # a launch that cannot hold the model states fails now, not at the first step

@@ -6,8 +6,17 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from rmtrain.builder import build
+from rmtrain.checkpoints import (
+    BASE_IDENTITY_KEY,
+    base_model_identity,
+    check_adapter_kind,
+    check_same_base_model,
+    decode_identity,
+    encode_identity,
+)
 from rmtrain.compat import enable_activation_checkpointing
 from rmtrain.errors import ConfigError
+from rmtrain.model import lora as lora_trunk
 from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
 from rmtrain.model.packed_attention import packed_attention_implementation
 from rmtrain.scoring import reward_token_or_none, score_sequences
@@ -37,6 +46,48 @@ def _is_score_head(module, hidden_size: int) -> bool:
     )
 
 
+class BaseModelIdentity(nn.Module):
+    """The frozen base model of a LoRA reward model, kept in its state dict (`base_identity.encoded`).
+
+    A buffer of the identity's JSON bytes: a plain tensor, so every checkpoint format, weights-only
+    loading and the broadcast of the state dict across ranks carry it. Loading a state dict whose
+    identity differs (adapters trained on another base model) is an error naming both.
+    """
+
+    def __init__(self, identity: dict):
+        super().__init__()
+        self.identity = dict(identity)
+        self.register_buffer("encoded", encode_identity(self.identity))
+        self.register_load_state_dict_pre_hook(_check_identity)
+
+
+def _check_identity(module, state_dict, prefix, *args) -> None:
+    key = prefix + "encoded"
+    if key in state_dict:
+        check_same_base_model(decode_identity(state_dict[key]), module.identity)
+
+
+def _compute_dtype() -> torch.dtype:
+    """bf16 where the device computes it natively, else fp32 (the 4-bit layers' matmul dtype)."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return (
+        torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else torch.float32
+    )
+
+
+def _check_checkpoint_kind(module, state_dict, prefix, *args) -> None:
+    keys = [key[len(prefix) :] for key in state_dict if key.startswith(prefix)]
+    if keys:
+        check_adapter_kind(keys, module.lora is not None)
+
+
+def _forgive_frozen_keys(module, incompatible_keys) -> None:
+    """A LoRA state dict leaves out the frozen base weights: they are not missing."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if key not in module._frozen_keys]
+
+
 class RewardModel(BaseModel):
     """Scores a conversation with one number, read at its last attended token (the reward token).
 
@@ -56,6 +107,11 @@ class RewardModel(BaseModel):
         use_varlen_attn: the batches are packed rows (`build_preference_dataset(use_varlen_attn=True)`):
             rmtrain's packed attention, which runs flash-attn where the row is on a GPU in bf16/fp16
             (`rmtrain.model.packed_attention`) and per-sequence SDPA elsewhere.
+        lora: `dict(type=LoraConfig, r=..., lora_alpha=..., ...)`: the trunk is frozen and trained through
+            PEFT adapters; the value head (and any `modules_to_save`) is trained in full. With
+            `llm=dict(..., quantization_config=dict(type=BitsAndBytesConfig, ...))` the frozen trunk is
+            4- or 8-bit (QLoRA). The state dict then holds only what is trained, and the base model's
+            identity (see rmtrain.checkpoints.base_model_identity).
     """
 
     def __init__(
@@ -77,8 +133,20 @@ class RewardModel(BaseModel):
             raise ConfigError(f"penalty_type must be one of {PENALTY_TYPES}, got '{penalty_type}'")
         if value_head_init not in VALUE_HEAD_INITS:
             raise ConfigError(f"value_head_init must be one of {VALUE_HEAD_INITS}, got '{value_head_init}'")
+        quantized = lora_trunk.is_quantized(llm)
+        if quantized:
+            if lora is None:
+                raise ConfigError(
+                    "llm.quantization_config needs model.lora: a quantised trunk is trained only through adapters"
+                )
+            lora_trunk.require("bitsandbytes")
+            llm = lora_trunk.with_compute_dtype(llm, _compute_dtype())
         if lora is not None:
-            raise ConfigError("LoRA reward models are not supported yet: remove `lora` from the model config")
+            lora_trunk.require("peft")
+        self.lora = lora
+        self.quantized = quantized
+        # A quantised trunk is loaded again in full precision to merge its adapters (a config dict, never a module).
+        self._llm_config = llm if quantized else None
         self.loss_type = loss_type
         self.penalty_type = penalty_type
         self.penalty_weight = penalty_weight
@@ -103,6 +171,56 @@ class RewardModel(BaseModel):
             init_value_head(self.v_head, value_head_init, getattr(self.model.config, "initializer_range", 0.02))
         if use_activation_checkpointing:
             enable_activation_checkpointing(self.model)
+        if lora is not None:
+            self.base_identity = BaseModelIdentity(base_model_identity(self.model))
+            self.model = lora_trunk.apply_lora(self.model, lora, quantized, use_activation_checkpointing)
+            # What a checkpoint holds: the trained parameters (adapters, head) and the base model's identity.
+            self._saved_keys = {name for name, param in self.named_parameters() if param.requires_grad}
+            self._saved_keys.add(BASE_IDENTITY_KEY)
+            self._frozen_keys = set(super().state_dict()) - self._saved_keys
+            self.register_load_state_dict_post_hook(_forgive_frozen_keys)
+        self.register_load_state_dict_pre_hook(_check_checkpoint_kind)
+
+    def state_dict(self, *args, **kwargs):
+        """Everything (full training), or only what LoRA training changes: adapters, head, base-model identity."""
+        state = super().state_dict(*args, **kwargs)
+        if self.lora is None:
+            return state
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for key in [key for key in state if key[len(prefix) :] not in self._saved_keys]:
+            del state[key]
+        return state
+
+    def init_weights(self) -> None:
+        """mmengine's Runner calls this before training; it would call the trunk's own init_weights.
+
+        For a LoRA model that must not happen: transformers re-initialises every module it did not load
+        (PEFT's lora_A and lora_B, drawn as N(0, 0.02)), so the adapters would start non-zero, as a random
+        change of the base model, instead of PEFT's initialisation (lora_B = 0: training starts from the
+        base model). mmengine's bookkeeping also takes every parameter's mean, which 4/8-bit weights lack.
+        The trunk is pretrained, the adapters initialised by PEFT and the head zero: nothing to do.
+        """
+        if self.lora is None:
+            super().init_weights()
+
+    def dequantize_trunk(self) -> None:
+        """A quantised LoRA trunk -> the same base model in full precision (fp32) with the same adapters."""
+        if not self.quantized:
+            return
+        full_precision = trunk_of(build(lora_trunk.without_quantization(self._llm_config), recursive=True))
+        check_same_base_model(self.base_identity.identity, base_model_identity(full_precision))
+        self.model = lora_trunk.with_adapters_of(self.model, full_precision)
+        self.quantized = False
+
+    def merge_lora(self) -> None:
+        """Merge the adapters into the trunk (fp32; a quantised trunk is rebuilt in full precision first)."""
+        if self.lora is None:
+            return
+        self.dequantize_trunk()
+        self.model = self.model.merge_and_unload().float()
+        self.v_head.float()
+        del self.base_identity
+        self.lora = None
 
     def score(self, batch: dict) -> torch.Tensor:
         """A padded or packed batch (see `rmtrain.scoring.score_sequences`) -> [sequences] fp32 scores."""

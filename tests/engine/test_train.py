@@ -130,7 +130,7 @@ def test_bad_record_fails_before_training(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["tiny_llama_reward_demo"], "Closest names: tiny_llama_reward_full_demo"),
+        (["tiny_llama_reward_demo"], "Closest names: tiny_llama_reward_"),
         (["missing_file.py"], "config file not found"),
         (["tiny_llama_reward_full_demo", "--cfg-options", "optim_wrapper.optimzer.lr=1e-4"], "Did you mean"),
         (["tiny_llama_reward_full_demo", "--deepspeed", "zero9"], "zero2, zero2_offload, zero3"),

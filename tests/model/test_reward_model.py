@@ -225,7 +225,6 @@ def test_reward_token_none_or_xtuners_minus_one_mean_no_token(tiny_llama):
     [
         (dict(loss_type="hinge"), "loss_type"),
         (dict(penalty_type="l1"), "penalty_type"),
-        (dict(lora=dict(r=8)), "LoRA"),
     ],
 )
 def test_bad_options_raise(tiny_llama, kwargs, match):
