@@ -5,7 +5,14 @@ Tests that train in a subprocess, start several processes or read ../shared/data
 marker: `python3 -m pytest -q tests -m "not slow"` is the fast tier.
 """
 
-import pytest
+import os
+
+# Tests run offline: no library may wait on a model hub (TRL's trainer otherwise retries one). Set before
+# transformers, datasets or huggingface_hub are imported; subprocesses inherit it.
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
+
+import pytest  # noqa: E402
 import torch
 
 from cli_runner import run_rmtrain

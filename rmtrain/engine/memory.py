@@ -179,6 +179,9 @@ def check_gpu_memory(cfg, deepspeed: str | None, gpus: int, warn=None) -> None:
     from rmtrain.engine.deepspeed import read_deepspeed_config
     from rmtrain.engine.precision import resolve_precision
 
+    if cfg.model.get("lora") is not None:
+        # The estimate is full training's: for adapters it is only an upper bound, never a reason to refuse.
+        return
     launch = deepspeed_launch(read_deepspeed_config(deepspeed)) if deepspeed else "ddp"
     precision = cfg.optim_wrapper.get("dtype", cfg.get("mixed_precision", "auto"))
     half_precision = resolve_precision(precision, "cuda") != torch.float32

@@ -34,6 +34,10 @@ def test_every_shipped_recipe_gets_an_estimate(rows):
         "llama3_8b_instruct_reward_full_varlenattn_ultrafeedback",
         "POLAR_1_8B_full_varlenattn_custom_dataset",
         "POLAR_7B_full_varlenattn_custom_dataset",
+        "tiny_llama_reward_lora_demo",
+        "tiny_llama_reward_qlora_demo",
+        "smollm2_135m_instruct_reward_lora_demo",
+        "internlm2_chat_1_8b_reward_qlora_varlenattn_ultrafeedback",
     }
     expected_params = {  # published sizes of the trunks (without LM heads), plus the value head
         "smollm2_135m_instruct_reward_full_demo": 134.5e6,
@@ -105,6 +109,15 @@ def test_a_model_of_unknown_architecture_is_not_checked(monkeypatch):
     assert count_parameters(cfg.model) is None
     _gpu(monkeypatch, 1)
     memory.check_gpu_memory(cfg, None, gpus=1)  # nothing to estimate: no error
+
+
+def test_lora_runs_are_not_refused_by_the_full_training_estimate(monkeypatch):
+    _gpu(monkeypatch, 24)  # QLoRA of a 1.8B model on one 24 GB GPU: the full-training estimate (25 GiB) is too big
+    cfg = load_config(str(resolve_config("internlm2_chat_1_8b_reward_qlora_varlenattn_ultrafeedback")))
+    memory.check_gpu_memory(cfg, None, gpus=1)  # an upper bound for adapters: no error
+    full = load_config(str(resolve_config("internlm2_chat_1_8b_reward_full_ultrafeedback")))
+    with pytest.raises(ConfigError):
+        memory.check_gpu_memory(full, None, gpus=1)
 
 
 def test_gib_figures_in_the_docs_match_the_tool(rows):
