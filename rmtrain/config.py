@@ -55,7 +55,10 @@ def _paths_with_value(node, value, prefix=""):
 
 
 def _check_option_value(key: str, current, value) -> None:
-    """A number, a boolean or None in the config stays one: `lr=abc` is an error here, not a traceback later."""
+    """A number, a boolean or None in the config stays one: `lr=abc` is an error here, not a traceback later.
+    None is accepted everywhere: it is how a setting is switched off (e.g. reward_token_id=None)."""
+    if value is None:
+        return
     if isinstance(current, bool) or isinstance(value, bool):
         if isinstance(current, bool) != isinstance(value, bool) and current is not None:
             raise ConfigError(f"--cfg-options {key}={value!r}: expected True or False, as the config's {current!r}")

@@ -13,10 +13,10 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_name, "1")
 
 import pytest  # noqa: E402
-import torch
+import torch  # noqa: E402
 
-from cli_runner import run_rmtrain
-from rmtrain.data.demo import build_demo_tokenizer
+from cli_runner import run_rmtrain  # noqa: E402
+from rmtrain.data.demo import build_demo_tokenizer  # noqa: E402
 
 TINY_LLAMA_KWARGS = dict(
     vocab_size=1024,

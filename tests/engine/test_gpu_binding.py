@@ -22,7 +22,10 @@ def _init_as_slurm_task(monkeypatch, visible_gpus: int) -> list[int]:
     for name, value in SLURM_TASK.items():
         monkeypatch.setenv(name, value)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so that teardown also removes what init_distributed writes (a bare delenv of an
+        # absent name records nothing, and a leftover LOCAL_RANK makes later tests wait for a process group)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible_gpus)
