@@ -22,7 +22,7 @@ def normalise_console(text: str, folder: Path) -> str:
         line = line.replace(str(folder), "<tmp>")
         # the machine's: cpu or cuda, bf16 autocast where the device has it
         line = re.sub(r"device \w+; precision [^;]+;", "device D; precision P;", line)
-        line = re.sub(r"\d+(\.\d+)?(e[-+]\d+)?", "N", line)
+        line = re.sub(r"-?\d+(\.\d+)?(e[-+]\d+)?", "N", line)  # scores may be negative
         lines.append(line)
     return "\n".join(lines) + "\n"
 
