@@ -30,8 +30,10 @@ ZERO_HEAD = [
 ]
 
 
-def demo_config(folder: Path, name: str, extra: str = "", **changes) -> Path:
-    return recipe_variant(folder, name, extra=extra, replacements=ZERO_HEAD, **{**SETTINGS, **changes})
+def demo_config(folder: Path, name: str, extra: str = "", replacements=(), **changes) -> Path:
+    return recipe_variant(
+        folder, name, extra=extra, replacements=[*ZERO_HEAD, *replacements], **{**SETTINGS, **changes}
+    )
 
 
 def logged_losses(work_dir: Path) -> list[float]:
