@@ -351,7 +351,13 @@ def load_model_weights(reward_model, state_dict: dict, path: str) -> None:
         raise CheckpointError(
             f"{path} has no trained value head ({VALUE_HEAD_KEY}); refusing to use a zero or random head"
         )
-    check_weights_fit(reward_model.state_dict(), state_dict, path)
+    expected = reward_model.state_dict()
+    if BASE_IDENTITY_KEY in state_dict and BASE_IDENTITY_KEY in expected:
+        # Adapters of another base model: say so before the identities' lengths make it a shape mismatch.
+        check_same_base_model(
+            decode_identity(state_dict[BASE_IDENTITY_KEY]), decode_identity(expected[BASE_IDENTITY_KEY])
+        )
+    check_weights_fit(expected, state_dict, path)
     reward_model.load_state_dict(state_dict, strict=True)
 
 
