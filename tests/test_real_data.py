@@ -70,11 +70,12 @@ def test_eval_on_hh_rlhf_reports_every_readable_pair(trained_on_ultrafeedback):
     )  # fmt: skip
     summary = json.loads(out.with_name("hh_scores.summary.json").read_text())
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    # helpful-base test has 2354 records; 4 have an empty rejected response and are dropped, counted.
+    # helpful-base test has 2354 records; 4 have an empty rejected response and 2 a chosen side identical to the
+    # rejected one (no preference): all 6 are dropped, counted.
     assert summary["map_fn"] == "hh_rlhf_map_fn" and "read with hh_rlhf_map_fn" in result.stdout
     assert "the records look like HH-RLHF transcripts" in result.stdout + result.stderr
-    assert summary["pairs"] == len(rows) == 2350
-    assert summary["dropped_records"] == 4
+    assert summary["pairs"] == len(rows) == 2348
+    assert summary["dropped_records"] == 6
     assert summary["correct"] == sum(row["correct"] for row in rows)
     assert len({round(row["chosen_score"], 6) for row in rows}) > 100  # real, varied scores
     assert "accuracy" in result.stdout
