@@ -50,5 +50,5 @@ arm runs. Full run (2 sizes x 2 data sets x 4 arms, 20 measured steps): roughly 
 2-core CPU. Outputs: the tables on stdout, <work-dir>/results.json, per-arm logs under <work-dir>/runs/,
 and with --write-docs docs/benchmarks.md.
 
-Data: /work/shared/data (or --data-root / $RMTRAIN_BENCH_DATA); nothing is downloaded.
+Data: ../shared/data beside the checkout (or --data-root / $RMTRAIN_BENCH_DATA); nothing is downloaded.
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "configs"  # the rmtrain arms' config files
-DEFAULT_DATA_ROOT = os.environ.get("RMTRAIN_BENCH_DATA", "/work/shared/data")
+DEFAULT_DATA_ROOT = os.environ.get("RMTRAIN_BENCH_DATA", str(REPO_ROOT.parent / "shared" / "data"))  # ../shared/data
 
 ARMS = ("rmtrain_packed", "rmtrain_padded", "trl", "ceiling")
 # Opt-in (--arms ...,trl_grouped): TRL with transformers' length-grouped sampler instead of random batches.
