@@ -108,22 +108,23 @@ def test_tokenizer_template_and_reward_token(converted):
     assert tokenizer.model_max_length == 8192
 
     cfg = load_config(CONFIG)
-    reward_token_id = cfg.model.reward_token_id
-    assert tokenizer.convert_ids_to_tokens(reward_token_id) == "<empty_output>"
-    assert reward_token_id not in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+    assert cfg.model.reward_token_id is None  # the recipe reads the score at the template's last token
     assert cfg.train_dataloader.collate_fn.pad_token_id == tokenizer.pad_token_id
-    check_reward_token(tokenizer, reward_token_id)
+    check_reward_token(tokenizer, None)
+    # XTuner's way stays available: '<empty_output>' (16) is a valid reward token of this tokenizer
+    assert tokenizer.convert_ids_to_tokens(16) == "<empty_output>"
+    check_reward_token(tokenizer, 16)
 
     template = resolve_chat_template(tokenizer)
+    newline = tokenizer.convert_tokens_to_ids("\u010a")  # byte-level BPE's '\n'
     data = build_demo_preference_data(num_pairs=50, seed=0)
     for record in data:
         for side in ("chosen", "rejected"):
-            ids = encode_conversation(
-                tokenizer, record["prompt"], record[side], 10_000, reward_token_id, template
-            ).input_ids
-            assert ids[-1] == reward_token_id and reward_token_id not in ids[:-1]
+            ids = encode_conversation(tokenizer, record["prompt"], record[side], 10_000, None, template).input_ids
             assert len(ids) <= cfg.train_dataloader.dataset.max_length  # the config never truncates the demo data
-            assert tokenizer.decode(ids[-3:-1]) == "<|im_end|>\n"  # the template ends every message so
+            # the score token: the '\n' after the last '<|im_end|>', never the pad token, never doubled
+            assert ids[-1] == newline != tokenizer.pad_token_id
+            assert tokenizer.decode(ids[-2:]) == "<|im_end|>\n"
 
 
 @needs_smollm2

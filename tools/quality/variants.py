@@ -34,6 +34,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "random head, reward token 16, no log-barrier penalty",
         {"value_head_init": "normal", "reward_token_id": XTUNER_REWARD_TOKEN, "penalty_type": "none"},
     ),
+    "head_normal_last_token_no_penalty": (
+        "random head, the template's last token, no log-barrier penalty (TRL's choices)",
+        {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none"},
+    ),
     "head_zeros_no_clip": (
         "zero head, reward token 16, no gradient clipping",
         {"value_head_init": "zeros", "reward_token_id": XTUNER_REWARD_TOKEN, "max_norm": 1e9},
