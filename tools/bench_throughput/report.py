@@ -71,30 +71,44 @@ def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, 
         "",
         "Written by `python -m tools.bench_throughput --write-docs`; re-run the command below to reproduce.",
         "",
-        "Four arms train the same random-init Llama reward model on the same tokenised pairs:",
+        "Four arms train the same random-init Llama reward model on the same tokenised pairs, and the",
+        "three that train pairs train **the same pairs in the same order** over the measured window: the",
+        "benchmark draws one list of steps of P pairs (`--order {order}`: "
+        + (
+            "rmtrain's length-grouped batching, `LengthGroupedSampler`, seed 0: pairs of similar length share a step"
+            if settings["order"] == "grouped"
+            else "consecutive pairs of a seeded shuffle"
+        )
+        + ") and every arm trains those steps:",
         "",
-        "- **rmtrain packed**: `rmtrain train` with `use_varlen_attn=True`; whole pairs packed into bins of at most",
-        "  `max_packed_length` tokens (chosen so that a bin holds about P pairs), one bin per optimizer step, no padding.",
-        "- **rmtrain padded**: the same config with `use_varlen_attn=False`, P pairs per step, right-padded batches",
-        "  of similar length (`LengthGroupedSampler`).",
-        "- **TRL RewardTrainer** (trl {trl}): `LlamaForSequenceClassification(num_labels=1)`, P pairs per step,".format(
+        "- **rmtrain packed**: `rmtrain train` with `use_varlen_attn=True`; each step's pairs laid whole in one",
+        "  padding-free row (one row per optimizer step).",
+        "- **rmtrain padded**: the same config with `use_varlen_attn=False`; each step's pairs right-padded to",
+        "  the longest sequence of the step.",
+        "- **TRL RewardTrainer** (trl {trl}): `LlamaForSequenceClassification(num_labels=1)`, given the same token".format(
             **info
         ),
-        "  given the same token ids (pre-tokenised `chosen_ids` / `rejected_ids`), TRL's collator and random batches.",
-        "- **ceiling**: the bare model's forward + backward + AdamW step on fixed-shape `[2P, L]` batches of real",
-        "  tokens cut from the same data (L = the mean sequence length), same value head and loss, no data pipeline.",
-        "- **TRL + group_by_length** (only when run with `--arms ...,trl_grouped`): TRL with transformers'",
-        "  length-grouped sampler instead of random batches.",
+        "  ids (pre-tokenised `chosen_ids` / `rejected_ids`) in the window's order (`train_sampling_strategy=",
+        '  "sequential"`), TRL\'s collator (pads to the longest sequence of the step).',
+        "- **ceiling**: the bare model's forward + backward + AdamW step on fixed-shape `[2P, L]` rows of real",
+        "  tokens cut from the measured window (L = its mean sequence length), same value head and loss, no data",
+        "  pipeline and no padding.",
         "",
         "Shared: tokenizer (byte-level BPE, vocab {vocab}, trained on the two data sets, ChatML template, a pad",
         "and a reward token), weights, `max_length` {max_length}, AdamW (lr {lr}, constant, clip 1.0), {precision},",
-        "{threads} torch threads, no gradient checkpointing, no evaluation, no checkpoint saving, no external logging,",
-        "no reward centering, TRL's fused AdamW replaced by `torch.optim.AdamW`. Each arm runs in its own process.",
+        "{threads} torch thread(s), no gradient checkpointing, no evaluation, no checkpoint saving, no external",
+        "logging, no reward centering, TRL's fused AdamW replaced by `torch.optim.AdamW`. Each arm runs in its own",
+        "process.",
+        "",
+        "Pairs longer than `max_length`: rmtrain truncates them (the prompt from the left first, then the",
+        "responses) and keeps every pair; TRL drops a pair with a side longer than `max_length` (it does not",
+        "truncate). TRL is given rmtrain's truncated ids, so it drops none here; the count of pairs TRL would",
+        "drop from the untruncated tokenisation is given per data set.",
         "",
         "Real tokens/s counts non-pad tokens over optimizer steps {first}..{last} (the first {warmup} steps,",
         "model build and data tokenising are excluded). Padded fraction = pad slots / all token slots. Peak MiB is the",
         "maximum RSS of the arm's process (imports, data and model included). tokens/seq is the mean real length of",
-        "the sequences trained in the window: arms draw different pairs, so it shows how comparable the windows are.",
+        "the sequences trained in the window (equal in the pair arms: the token check says so).",
         "A median s/step far from the mean s/step means the window was disturbed (other load) or uneven.",
         "",
     ]
@@ -102,7 +116,7 @@ def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, 
         line.format(
             vocab=settings["vocab_size"], max_length=settings["max_length"], lr=settings["lr"],
             precision=info["precision"], threads=info["threads"], first=settings["warmup"] + 1,
-            last=settings["warmup"] + settings["steps"], warmup=settings["warmup"],
+            last=settings["warmup"] + settings["steps"], warmup=settings["warmup"], order=settings["order"],
         ) if "{" in line else line
         for line in lines
     ]  # fmt: skip
@@ -111,8 +125,11 @@ def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, 
         lines.append("")
         lines.append(
             f"{entry['pairs']} pairs, {entry['tokens']:,} tokens (mean pair {entry['tokens'] / entry['pairs']:.0f}); "
-            f"P = {settings['pairs_per_step']} pairs per step; max_packed_length = {entry['max_packed_length']} "
-            f"({entry['bin_pairs']:.2f} pairs per bin over the whole data set)."
+            f"P = {settings['pairs_per_step']} pairs per step; measured window: {entry['window_pairs']} pairs, "
+            f"{entry['window_tokens']:,} tokens. Longer than max_length {settings['max_length']}: "
+            f"{entry['over_length_pairs']} of {entry['untruncated_pairs']} pairs (untruncated), which TRL would drop "
+            f"and rmtrain truncates (prompt cut in {entry['truncated']['prompt_cut_pairs']}, chosen response in "
+            f"{entry['truncated']['chosen_cut_pairs']}, rejected response in {entry['truncated']['rejected_cut_pairs']})."
         )
         lines.append("")
         lines += format_table(entry["results"], markdown=True)
@@ -160,21 +177,28 @@ def settings_check(results: dict) -> str:
 
 
 def token_check(results: dict, reference: dict) -> str:
-    """Every arm must train on the same token sequences: same count, same pairs, same fingerprint."""
+    """Every arm must train the same data, and the pair arms the same sequences in the same order over the
+    measured window: same data set fingerprint, same window fingerprint."""
     expected = (reference["tokens"], reference["pairs"], reference["digest"])
     seen = {
         arm: (r.get("dataset_tokens"), r.get("dataset_pairs"), r.get("token_digest"))
         for arm, r in results.items() if r.get("ok")
     }  # fmt: skip
     mismatched = {arm: v for arm, v in seen.items() if v != expected}
-    if mismatched:
+    windows = {arm: r["window_digest"] for arm, r in results.items() if r.get("ok") and "window_digest" in r}
+    other_window = {arm: d for arm, d in windows.items() if d != reference["window_digest"]}
+    if mismatched or other_window:
         return (
             f"Token check FAILED: reference {reference['tokens']} tokens in {reference['pairs']} pairs "
-            f"(fingerprint {reference['digest']}); "
+            f"(fingerprint {reference['digest']}, window {reference['window_digest']}); "
             + ", ".join(f"{ARM_TITLES[arm]}: {t} tokens in {p} pairs ({d})" for arm, (t, p, d) in mismatched.items())
+            + "; ".join(f"{ARM_TITLES[arm]} trained window {d}" for arm, d in other_window.items())
         )
     return (
-        f"Token check: every arm that ran ({', '.join(ARM_TITLES[arm] for arm in seen)}) trained on the same "
-        f"{reference['tokens']:,} tokens in {reference['pairs']} pairs (identical token ids, fingerprint "
-        f"{reference['digest']})."
+        f"Token check: every arm that ran ({', '.join(ARM_TITLES[arm] for arm in seen)}) read the same "
+        f"{reference['tokens']:,} tokens in {reference['pairs']} pairs (fingerprint {reference['digest']}); "
+        f"{', '.join(ARM_TITLES[arm] for arm in windows)} trained the same {reference['window_pairs']} pairs "
+        f"({reference['window_tokens']:,} tokens) in the same order over the measured window (window fingerprint "
+        f"{reference['window_digest']}, from the sequences each arm actually trained); the ceiling's rows are cut "
+        f"from the same window's tokens."
     )
