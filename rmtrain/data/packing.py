@@ -87,6 +87,17 @@ def padded_fraction(lengths: list[tuple[int, int]], batches: list[list[int]]) ->
     return 1 - real / slots if slots else 0.0
 
 
+# Which batching the data favours. Packed rows save the padding that length-grouped batches leave but pay
+# for gathering each row's sequences into attention buckets and back; the saving wins once that padding
+# reaches this share of the token slots (measured on the CPU: docs/benchmarks.md, "Which mode").
+PACKING_PAYS_FROM_PADDING = 0.10
+
+
+def favoured_batching(grouped_padding: float) -> str:
+    """'packed' or 'padded': the faster mode for data whose length-grouped batches pad this share of slots."""
+    return "packed" if grouped_padding >= PACKING_PAYS_FROM_PADDING else "padded"
+
+
 class LengthGroupedSampler:
     """Like mmengine's DefaultSampler (seeded per-epoch shuffle, split across ranks, rounded up so that
     every rank gets as many batches), but each batch holds pairs of similar length.
