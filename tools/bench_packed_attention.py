@@ -12,6 +12,7 @@ per-sequence causal SDPA in fp32. Candidates:
   bucketed      `rmtrain.model.packed_attention.bucketed_sdpa` with `rmtrain.scoring.attention_buckets`
                 (--call-costs: the bucketing's cost of one extra call; 0 splits most, a huge one pads all
                 sequences into one bucket)
+  indexing      bucketed_sdpa written with x[:, index] (advanced indexing) instead of index_select
   nested        torch jagged nested tensors with SDPA (skipped with the reason where this build lacks it)
   flex          FlexAttention with a document mask, torch.compile'd (compile time printed separately)
 """
@@ -39,6 +40,20 @@ def loop_attention(q, k, v, bounds):
         for s, e in zip(bounds[:-1], bounds[1:])
     ]
     return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def bucketed_advanced_indexing(q, k, v, buckets):
+    """bucketed_sdpa with x[:, index] instead of index_select (backward: accumulating index_put_)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    q, k, v = q[0], k[0], v[0]
+    heads, dim = q.shape[0], q.shape[-1]
+    outputs = []
+    for gather, real, width in zip(buckets["gather"], buckets["real_slots"], buckets["widths"]):
+        qb, kb, vb = (x[:, gather].view(heads, -1, width, dim).transpose(0, 1) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
+        outputs.append(out.transpose(0, 1).reshape(heads, -1, dim)[:, real])
+    return torch.cat(outputs, dim=1)[:, buckets["restore"]].transpose(0, 1)[None]
 
 
 def nested_attention(q, k, v, bounds):
@@ -96,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--call-costs", default=f"0,{BUCKET_CALL_COST},{16 * BUCKET_CALL_COST},1000000000000")
-    parser.add_argument("--candidates", default="loop,bucketed,nested,flex")
+    parser.add_argument("--candidates", default="loop,bucketed,indexing,nested,flex")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -124,6 +139,10 @@ def main(argv=None) -> int:
             candidates[f"bucketed (call cost {cost})"] = lambda q, k, v, seqs, b, cost=cost: bucketed_sdpa(
                 q, k, v, bucket_indices(seqs, cost), 0.0, None
             )
+    if "indexing" in names:
+        candidates[f"bucketed, x[:, index] (call cost {BUCKET_CALL_COST})"] = lambda q, k, v, seqs, b: (
+            bucketed_advanced_indexing(q, k, v, bucket_indices(seqs))
+        )
     if "nested" in names:
         candidates["nested"] = lambda q, k, v, seqs, b: nested_attention(q, k, v, b)
     if "flex" in names:

@@ -133,18 +133,21 @@ def bucketed_sdpa(query, key, value, buckets: dict, dropout: float, scaling: flo
     q, k, v = query[0], key[0], value[0]  # [heads, total, dim]
     heads, dim = q.shape[0], q.shape[-1]
     outputs = []
+    # index_select, not x[:, index]: its backward is index_add_, much cheaper on the CPU than the
+    # accumulating index_put_ of advanced indexing.
     for gather, real_slots, width in zip(buckets["gather"], buckets["real_slots"], buckets["widths"]):
         gather = gather.to(q.device, non_blocking=True)
 
         def bucket(x, gather=gather, width=width):
-            return x[:, gather].view(heads, -1, width, dim).transpose(0, 1)
+            return x.index_select(1, gather).view(heads, -1, width, dim).transpose(0, 1)
 
         out = F.scaled_dot_product_attention(
             bucket(q), bucket(k), bucket(v), dropout_p=dropout, is_causal=True, scale=scaling
         )  # [sequences, heads, width, dim]
-        outputs.append(out.transpose(0, 1).reshape(heads, -1, dim)[:, real_slots.to(q.device, non_blocking=True)])
+        real = real_slots.to(q.device, non_blocking=True)
+        outputs.append(out.transpose(0, 1).reshape(heads, -1, dim).index_select(1, real))
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-    out = out[:, buckets["restore"].to(q.device, non_blocking=True)]  # [heads, total, dim] in row order
+    out = out.index_select(1, buckets["restore"].to(q.device, non_blocking=True))  # [heads, total, dim], row order
     return out.transpose(0, 1)[None].contiguous()
 
 

@@ -62,7 +62,27 @@ def format_table(results: dict, markdown: bool) -> list[str]:
                       f"{_fmt_ratio(results.get('rmtrain_padded'), results.get('trl_grouped'))}")  # fmt: skip
     lines.append("")
     lines.append(("Ratios of real tokens/s: " if markdown else "ratios (real tokens/s): ") + "; ".join(ratios))
+    paired = [
+        f"{ARM_TITLES[other]} {ratio:.2f}x"
+        for other in ("rmtrain_padded", "trl")
+        if (ratio := paired_speedup(results.get("rmtrain_packed"), results.get(other))) is not None
+    ]
+    if paired:
+        lines.append("")
+        lines.append(
+            "Step by step (every arm trains the same pairs in each step): rmtrain packed is faster than "
+            + ", ".join(paired)
+            + " (median over the window of the other arm's step time / packed's; less sensitive to other load)."
+        )
     return lines
+
+
+def paired_speedup(packed: dict | None, other: dict | None) -> float | None:
+    """Median over the window's steps of other's step time / packed's step time (the same pairs per step)."""
+    if not packed or not other or "step_times" not in packed or "step_times" not in other:
+        return None
+    ratios = sorted(o / p for p, o in zip(packed["step_times"], other["step_times"]))
+    return ratios[len(ratios) // 2] if ratios else None
 
 
 def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, command: str) -> None:
