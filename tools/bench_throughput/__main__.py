@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile-step", type=int, default=None,
                         help="rmtrain arms: write torch.profiler's table of this optimizer step to <run dir>/profile.txt "
                         "(the profiler slows that step: use it apart from measuring runs)")  # fmt: skip
+    parser.add_argument("--from-results", default=None,
+                        help="write --docs-path from saved results.json files (comma-separated, in order) instead "
+                        "of running: for a benchmark run in parts")  # fmt: skip
     parser.add_argument("--write-docs", action="store_true", help="write the tables to --docs-path")
     parser.add_argument("--docs-path", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
@@ -88,8 +91,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def docs_from_results(files: list[str], docs_path: Path) -> None:
+    """docs/benchmarks.md from runs made in parts: their results in order, each run's command listed."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    all_results = [entry for run in runs for entry in run["results"]]
+    commands = "\n".join(dict.fromkeys(run["command"] for run in runs))
+    write_docs(docs_path, all_results, runs[0]["info"], runs[0]["settings"], commands)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_results:
+        docs_from_results(args.from_results.split(","), Path(args.docs_path))
+        print(f"wrote {args.docs_path}")
+        return 0
     from rmtrain.engine.precision import bf16_supported
 
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_supported("cpu"))
