@@ -88,9 +88,11 @@ def padded_fraction(lengths: list[tuple[int, int]], batches: list[list[int]]) ->
 
 
 # Which batching the data favours. Packed rows save the padding that length-grouped batches leave but pay
-# for gathering each row's sequences into attention buckets and back; the saving wins once that padding
-# reaches this share of the token slots (measured on the CPU: docs/benchmarks.md, "Which mode").
-PACKING_PAYS_FROM_PADDING = 0.10
+# for gathering each row's sequences into attention buckets (padded to their longest) and back. On the CPU
+# (one thread, 10m model, tools/bench_batching_mode.py) the two broke even at 10-16% padding (demo data
+# 10.6%: 1.00x; HH-RLHF 16.2%: 0.99x) and packing won at UltraFeedback's 15.6% (1.11x); in whole training
+# runs packing won by 1.2-1.3x at 15-16% (docs/benchmarks.md). Below this share, padded batches.
+PACKING_PAYS_FROM_PADDING = 0.15
 
 
 def favoured_batching(grouped_padding: float) -> str:
