@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def docs_from_results(files: list[str], docs_path: Path) -> None:
     """docs/benchmarks.md from runs made in parts: their results in order, each run's command listed."""
     runs = [json.loads(Path(f).read_text()) for f in files]
-    all_results = [entry for run in runs for entry in run["results"]]
+    all_results = [dict(entry, order=run["settings"]["order"]) for run in runs for entry in run["results"]]
     commands = "\n".join(dict.fromkeys(run["command"] for run in runs))
     write_docs(docs_path, all_results, runs[0]["info"], runs[0]["settings"], commands)
 

@@ -89,17 +89,15 @@ def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, 
     lines = [
         "# Training throughput: rmtrain against TRL and the bare model",
         "",
-        "Written by `python -m tools.bench_throughput --write-docs`; re-run the command below to reproduce.",
+        "Written by `python -m tools.bench_throughput --write-docs` (or `--from-results` for a run made in parts);",
+        "re-run the commands below to reproduce.",
         "",
         "Four arms train the same random-init Llama reward model on the same tokenised pairs, and the",
         "three that train pairs train **the same pairs in the same order** over the measured window: the",
-        "benchmark draws one list of steps of P pairs (`--order {order}`: "
-        + (
-            "rmtrain's length-grouped batching, `LengthGroupedSampler`, seed 0: pairs of similar length share a step"
-            if settings["order"] == "grouped"
-            else "consecutive pairs of a seeded shuffle"
-        )
-        + ") and every arm trains those steps:",
+        "benchmark draws one list of steps of P pairs and every arm trains those steps. `--order grouped`",
+        "(the default): rmtrain's length-grouped batching (`LengthGroupedSampler`, seed 0), pairs of similar",
+        "length share a step; `--order random`: consecutive pairs of a seeded shuffle (TRL's default batching).",
+        "Each section names its order.",
         "",
         "- **rmtrain packed**: `rmtrain train` with `use_varlen_attn=True`; each step's pairs laid whole in one",
         "  padding-free row (one row per optimizer step).",
@@ -136,12 +134,15 @@ def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, 
         line.format(
             vocab=settings["vocab_size"], max_length=settings["max_length"], lr=settings["lr"],
             precision=info["precision"], threads=info["threads"], first=settings["warmup"] + 1,
-            last=settings["warmup"] + settings["steps"], warmup=settings["warmup"], order=settings["order"],
+            last=settings["warmup"] + settings["steps"], warmup=settings["warmup"],
         ) if "{" in line else line
         for line in lines
     ]  # fmt: skip
     for entry in all_results:
-        lines.append(f"## {entry['size']} model ({entry['params'] / 1e6:.1f}M parameters), {entry['dataset']}")
+        order = entry.get("order", settings["order"])
+        lines.append(
+            f"## {entry['size']} model ({entry['params'] / 1e6:.1f}M parameters), {entry['dataset']}, {order} batches"
+        )
         lines.append("")
         lines.append(
             f"{entry['pairs']} pairs, {entry['tokens']:,} tokens (mean pair {entry['tokens'] / entry['pairs']:.0f}); "
