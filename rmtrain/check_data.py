@@ -14,8 +14,10 @@ import torch
 from rmtrain.builder import build
 from rmtrain.config import load_config, scoring_inputs
 from rmtrain.data.packing import (
+    PACKING_PAYS_FROM_PADDING,
     LengthGroupedSampler,
     PackedPreferenceDataset,
+    favoured_batching,
     padded_fraction,
     pair_lengths,
 )
@@ -91,17 +93,21 @@ def truncation_line(summary: dict) -> str:
 
 
 def batching_lines(dataset, dataloader_cfg: dict, seed: int) -> list[str]:
-    """Packed: bins and pairs per bin. Padded: padding share of random vs length-grouped batches."""
+    """Packed: bins and pairs per bin. Padded: padding share of random vs length-grouped batches.
+    Both: which mode the data favours (`rmtrain.data.packing.favoured_batching`)."""
     if isinstance(dataset, PackedPreferenceDataset):
         per_bin = [len(pairs) for pairs in dataset.bins]
         lengths = pair_lengths(dataset.pairs)
         fill = [sum(sum(lengths[i]) for i in pairs) / dataset.max_packed_length for pairs in dataset.bins]
+        batch_size = max(1, round(sum(per_bin) / len(per_bin)))  # padded batches as large as the bins
+        _, grouped_share = batch_padding(dataset.pairs, batch_size, seed)
         return [
             f"  packed        {len(dataset.bins)} bins of at most {dataset.max_packed_length} tokens, no padding",
             (
                 f"  pairs/bin     min {min(per_bin)}, mean {sum(per_bin) / len(per_bin):.1f}, max {max(per_bin)}; "
                 f"bins {sum(fill) / len(fill):.0%} full on average"
             ),
+            favoured_line(grouped_share, batch_size, "packed"),
         ]
     batch_size = dataloader_cfg["batch_size"]
     random_share, grouped_share = batch_padding(dataset, batch_size, seed)
@@ -112,8 +118,23 @@ def batching_lines(dataset, dataloader_cfg: dict, seed: int) -> list[str]:
             f"  padding       batches of {batch_size} pairs (per process): {random_share:.1%} of token slots are "
             f"padding with random batches, {grouped_share:.1%} with LengthGroupedSampler "
             f"(this config: {sampler_name})"
-        )
+        ),
+        favoured_line(grouped_share, batch_size, "padded"),
     ]
+
+
+def favoured_line(grouped_share: float, batch_size: int, configured: str) -> str:
+    mode = favoured_batching(grouped_share)
+    verdict = "as this config does" if mode == configured else f"this config trains {configured}"
+    if mode == "packed":
+        why = f"length-grouped batches of {batch_size} pairs would pad {grouped_share:.1%} of token slots"
+        switch = "use_varlen_attn=True" if configured != mode else ""
+    else:
+        why = f"length-grouped batches of {batch_size} pairs pad only {grouped_share:.1%} of token slots"
+        switch = "use_varlen_attn=False with LengthGroupedSampler" if configured != mode else ""
+    return f"  favours       {mode}: {why} (packing pays from {PACKING_PAYS_FROM_PADDING:.0%}); {verdict}" + (
+        f" (set {switch})" if switch else ""
+    )
 
 
 def render_ids(tokenizer, ids: list[int], reward_token_id: int | None) -> str:

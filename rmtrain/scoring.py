@@ -276,24 +276,84 @@ def score_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.long().cumsum(dim=-1).argmax(dim=-1)
 
 
+# What one more batched attention call costs, in query-key pairs (the unit of `attention_buckets`' cost).
+# 256² was the fastest of 128²..1024² on HH-RLHF and UltraFeedback rows of 8 pairs, on one CPU thread
+# (tools/bench_packed_attention.py); cheaper calls split the rows into more, smaller buckets.
+BUCKET_CALL_COST = 256 * 256
+
+
+def attention_buckets(lengths: list[int], call_cost: int = BUCKET_CALL_COST) -> list[list[int]]:
+    """Sequence indices grouped into buckets of similar length, for one batched causal SDPA per bucket.
+
+    A bucket is padded on the right to its longest sequence, so it costs `len(bucket) * longest²` query-key
+    pairs plus `call_cost` for the call itself; the grouping of the length-sorted sequences with the
+    least total cost is found exactly (dynamic programming over at most a few hundred sequences).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: the cheapest grouping of the j longest sequences
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last bucket is order[i:j]; its longest is order[i]
+            cost = best[i] + call_cost + (j - i) * lengths[order[i]] ** 2
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    buckets, j = [], n
+    while j > 0:
+        buckets.append(order[cut[j] : j])
+        j = cut[j]
+    return buckets[::-1]
+
+
+def bucket_indices(lengths: list[int], call_cost: int = BUCKET_CALL_COST) -> dict:
+    """Gather and scatter indices that take a packed row's tokens to right-padded buckets and back.
+
+    `gather[b]` [len(bucket) * longest] (long): for each slot of bucket b, laid out sequence by sequence,
+    the row position of its token; pad slots repeat the bucket's first token (they sit after every real
+    token of their sequence, so causal attention never reads them for a real query). `width[b]`: the
+    bucket's padded length. `restore` [total]: where each row token's output lies in the buckets'
+    real outputs, concatenated in bucket order.
+    """
+    starts = [0]
+    for length in lengths:
+        starts.append(starts[-1] + length)
+    gather, widths, real_slots = [], [], []
+    offset = 0
+    restore = torch.empty(starts[-1], dtype=torch.long)
+    for bucket in attention_buckets(lengths, call_cost):
+        width = lengths[bucket[0]]
+        index = torch.full((len(bucket), width), starts[bucket[0]], dtype=torch.long)
+        slots = []
+        for k, seq in enumerate(bucket):
+            n = lengths[seq]
+            index[k, :n] = torch.arange(starts[seq], starts[seq] + n)
+            slots.append(torch.arange(k * width, k * width + n))
+            restore[starts[seq] : starts[seq] + n] = torch.arange(offset, offset + n)
+            offset += n
+        gather.append(index.view(-1))
+        widths.append(width)
+        real_slots.append(torch.cat(slots))
+    return {"gather": gather, "real_slots": real_slots, "restore": restore, "widths": tuple(widths)}
+
+
 def pack_sequences(sequences: list[list[int]]) -> dict:
     """Concatenate id lists into one padding-free row.
 
     Returns `input_ids` and `position_ids` [1, total] (positions restart at 0 for every sequence),
-    `cu_seq_lens` [n + 1] (int32 offsets of the sequence starts, then the total), the same offsets
-    as `sequence_bounds` (a tuple of ints, so attention reads them on the host without a
-    device-to-host copy) and `max_seq_len`. No attention mask: the sequence boundaries are in the
-    position ids and offsets.
+    `cu_seq_lens` [n + 1] (int32 offsets of the sequence starts, then the total), `max_seq_len`, and
+    `attention_buckets` (`bucket_indices`: how the SDPA path batches the sequences, made here once per
+    batch on the host so that attention needs no device-to-host copy in any layer). No attention mask:
+    the sequence boundaries are in the position ids and offsets.
     """
-    lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.int32)
+    lengths = [len(seq) for seq in sequences]
     cu_seq_lens = torch.zeros(len(sequences) + 1, dtype=torch.int32)
-    cu_seq_lens[1:] = lengths.cumsum(0)
+    cu_seq_lens[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
     return {
         "input_ids": torch.tensor([token for seq in sequences for token in seq], dtype=torch.long)[None],
-        "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
+        "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
         "cu_seq_lens": cu_seq_lens,
-        "sequence_bounds": tuple(cu_seq_lens.tolist()),
-        "max_seq_len": int(lengths.max()),
+        "max_seq_len": max(lengths),
+        "attention_buckets": bucket_indices(lengths),
     }
 
 
@@ -317,7 +377,7 @@ def score_sequences(trunk: torch.nn.Module, value_head: torch.nn.Module, batch: 
             cu_seq_lens_k=cu_seq_lens,
             max_length_q=batch["max_seq_len"],
             max_length_k=batch["max_seq_len"],
-            **({"sequence_bounds": batch["sequence_bounds"]} if "sequence_bounds" in batch else {}),
+            **({"attention_buckets": batch["attention_buckets"]} if "attention_buckets" in batch else {}),
         ).last_hidden_state
         last = hidden[0, cu_seq_lens[1:].long() - 1]
     else:

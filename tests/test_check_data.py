@@ -6,6 +6,7 @@ import re
 from recipe_variants import recipe_variant
 from rmtrain import cli
 from rmtrain.check_data import length_table, percentile, render_ids
+from rmtrain.data.packing import PACKING_PAYS_FROM_PADDING, favoured_batching
 
 DEMO_DATASET = (
     "demo_data = dict(type=build_demo_preference_data, num_pairs=round(num_pairs / (1 - val_split)), seed=data_seed)"
@@ -27,6 +28,12 @@ def test_percentile_nearest_rank():
     assert rows[3].split() == ["pair", "total", "8", "10", "10", "10"]
 
 
+def test_favoured_batching_switches_at_the_measured_padding_share():
+    assert favoured_batching(PACKING_PAYS_FROM_PADDING) == "packed"
+    assert favoured_batching(PACKING_PAYS_FROM_PADDING - 0.001) == "padded"
+    assert favoured_batching(0.0) == "padded" and favoured_batching(0.5) == "packed"
+
+
 def test_render_ids_marks_the_reward_token(demo_tokenizer):
     ids = demo_tokenizer.encode("hello world", add_special_tokens=False) + [3]
     assert render_ids(demo_tokenizer, ids, 3).endswith("⟦<|reward|>⟧")
@@ -44,6 +51,10 @@ def test_check_data_padded(tmp_path, capsys):
     assert re.search(
         r"\d+\.\d% of token slots are padding with random batches, \d+\.\d% with LengthGroupedSampler", out
     )
+    grouped = float(re.search(r"(\d+\.\d)% with LengthGroupedSampler", out).group(1)) / 100
+    favoured = re.search(r"favours\s+(packed|padded): .*", out)
+    assert favoured.group(1) == ("packed" if grouped >= PACKING_PAYS_FROM_PADDING else "padded")
+    assert ("as this config does" in favoured.group(0)) == (favoured.group(1) == "padded")
     chosen, rejected = out.split("  chosen (")[1], out.split("  rejected (")[1]
     assert "<|im_start|>assistant" in chosen and chosen.count("⟦<|reward|>⟧") >= 1
     assert "⟦<|reward|>⟧" in rejected
@@ -64,6 +75,7 @@ def test_check_data_packed_and_truncated(tmp_path, capsys):
     assert re.search(r"records read\s+120\b", out)
     assert re.search(r"packed\s+\d+ bins of at most \d+ tokens, no padding", out)
     assert re.search(r"pairs/bin\s+min \d+, mean \d+\.\d, max \d+", out)
+    assert re.search(r"favours\s+(packed|padded): length-grouped batches of \d+ pairs", out)
     cut = re.search(r"prompt cut from the left in (\d+) pairs", out)
     assert int(cut.group(1)) > 0
     assert re.search(r"chosen\s+\d+\s+\d+\s+\d+\s+24\b", out)  # max_length caps every sequence

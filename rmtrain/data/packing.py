@@ -87,6 +87,19 @@ def padded_fraction(lengths: list[tuple[int, int]], batches: list[list[int]]) ->
     return 1 - real / slots if slots else 0.0
 
 
+# Which batching the data favours. Packed rows save the padding that length-grouped batches leave but pay
+# for gathering each row's sequences into attention buckets (padded to their longest) and back. On the CPU
+# (one thread, 10m model, tools/bench_batching_mode.py) the two broke even at 10-16% padding (demo data
+# 10.6%: 1.00x; HH-RLHF 16.2%: 0.99x) and packing won at UltraFeedback's 15.6% (1.11x); in whole training
+# runs packing won by 1.2-1.3x at 15-16% (docs/benchmarks.md). Below this share, padded batches.
+PACKING_PAYS_FROM_PADDING = 0.15
+
+
+def favoured_batching(grouped_padding: float) -> str:
+    """'packed' or 'padded': the faster mode for data whose length-grouped batches pad this share of slots."""
+    return "packed" if grouped_padding >= PACKING_PAYS_FROM_PADDING else "padded"
+
+
 class LengthGroupedSampler:
     """Like mmengine's DefaultSampler (seeded per-epoch shuffle, split across ranks, rounded up so that
     every rank gets as many batches), but each batch holds pairs of similar length.

@@ -106,7 +106,7 @@ class RewardModel(BaseModel):
             or 'zeros' (XTuner's choice: every score starts at 0, only the head moves on the first step).
         use_varlen_attn: the batches are packed rows (`build_preference_dataset(use_varlen_attn=True)`):
             rmtrain's packed attention, which runs flash-attn where the row is on a GPU in bf16/fp16
-            (`rmtrain.model.packed_attention`) and per-sequence SDPA elsewhere.
+            (`rmtrain.model.packed_attention`) and SDPA over buckets of similar-length sequences elsewhere.
         lora: `dict(type=LoraConfig, r=..., lora_alpha=..., ...)`: the trunk is frozen and trained through
             PEFT adapters; the value head (and any `modules_to_save`) is trained in full. With
             `llm=dict(..., quantization_config=dict(type=BitsAndBytesConfig, ...))` the frozen trunk is

@@ -128,7 +128,7 @@ def test_offsets_reach_the_host_once_per_forward(monkeypatch):
     model = RewardModel(_trunk("llama"), reward_token_id=3, use_varlen_attn=True, use_activation_checkpointing=True)
     model.train()
     batch = pack_sequences(SEQUENCES)
-    assert batch["sequence_bounds"] == (0, 5, 8, 15)
+    assert batch["attention_buckets"]["widths"] == (7,)  # lengths 5, 3, 7: one bucket, padded to 7
     calls = []
     real_tolist = torch.Tensor.tolist
 

@@ -106,3 +106,57 @@ def test_sequences_in_a_row_do_not_see_each_other():
 def test_reward_model_selects_the_packed_attention():
     model = RewardModel(_trunk("llama"), use_varlen_attn=True, use_activation_checkpointing=False)
     assert model.model.config._attn_implementation == PACKED_SDPA
+
+
+def _reference_attention(q, k, v, lengths):
+    """Causal SDPA on each sequence separately: what the bucketed kernel must reproduce."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    outputs, start = [], 0
+    for n in lengths:
+        part = (t[:, :, start : start + n] for t in (q, k, v))
+        outputs.append(torch.nn.functional.scaled_dot_product_attention(*part, is_causal=True))
+        start += n
+    return torch.cat(outputs, dim=2).transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "lengths, call_cost",
+    [
+        ([5, 1, 9, 1, 9, 3], 0),  # cheap calls: buckets of one sequence, or of equal lengths only
+        ([5, 1, 9, 1, 9, 3], 10**12),  # one bucket: every sequence padded to 9
+        ([1], 64 * 64),  # a single token
+        ([1, 1, 1], 0),  # equal lengths of 1 share a bucket
+        ([40, 2, 39, 3, 17, 1, 1, 25], 256),  # several buckets of mixed sizes
+    ],
+)
+def test_bucketed_attention_equals_per_sequence_attention(lengths, call_cost):
+    from rmtrain.model.packed_attention import bucketed_sdpa
+    from rmtrain.scoring import bucket_indices
+
+    generator = torch.Generator().manual_seed(sum(lengths) + call_cost % 97)
+    total = sum(lengths)
+    q, k, v = (torch.randn(1, heads, total, 8, generator=generator, requires_grad=True) for heads in (4, 2, 2))
+    out = bucketed_sdpa(q, k, v, bucket_indices(lengths, call_cost), 0.0, None)
+    expected = _reference_attention(q, k, v, lengths)
+    assert out.shape == (1, total, 4, 8)
+    torch.testing.assert_close(out, expected, atol=TOL, rtol=0)
+    weights = torch.randn(out.shape, generator=generator)
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+
+
+def test_attention_buckets_cover_every_sequence_once_longest_first():
+    from rmtrain.scoring import attention_buckets
+
+    lengths = [5, 1, 9, 1, 9, 3, 30, 2]
+    for call_cost in (0, 100, 64 * 64, 10**12):
+        buckets = attention_buckets(lengths, call_cost)
+        assert sorted(i for bucket in buckets for i in bucket) == list(range(len(lengths)))
+        flat = [lengths[i] for bucket in buckets for i in bucket]
+        assert flat == sorted(lengths, reverse=True)
+    assert len(attention_buckets(lengths, 10**12)) == 1  # calls dearer than any padding: one bucket
+    # Calls for free: no padding at all, so a bucket holds sequences of one length only.
+    assert all(len({lengths[i] for i in bucket}) == 1 for bucket in attention_buckets(lengths, 0))

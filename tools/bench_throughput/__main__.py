@@ -21,7 +21,9 @@ from .settings import (
     MODEL_SIZES,
     REPO_ROOT,
     REWARD_TOKEN,
+    SEED,
 )
+from .window import expected_window_digest, window_batches
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--max-length", type=int, default=None, help="max tokens per sequence (default 1024; --smoke: 128)"
     )
+    parser.add_argument("--order", default="grouped", choices=("grouped", "random"),
+                        help="the window's batches: grouped (rmtrain's length-grouped batching, default) or random; "
+                        "every arm trains the same batches in the same order")  # fmt: skip
     parser.add_argument("--vocab-size", type=int, default=32000, help="BPE vocabulary size (default 32000)")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
@@ -54,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--arm-timeout", type=float, default=None, help="seconds before an arm is stopped (default none)"
     )
+    parser.add_argument("--profile-step", type=int, default=None,
+                        help="rmtrain arms: write torch.profiler's table of this optimizer step to <run dir>/profile.txt "
+                        "(the profiler slows that step: use it apart from measuring runs)")  # fmt: skip
+    parser.add_argument("--from-results", default=None,
+                        help="write --docs-path from saved results.json files (comma-separated, in order) instead "
+                        "of running: for a benchmark run in parts")  # fmt: skip
     parser.add_argument("--write-docs", action="store_true", help="write the tables to --docs-path")
     parser.add_argument("--docs-path", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
@@ -80,8 +91,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def docs_from_results(files: list[str], docs_path: Path) -> None:
+    """docs/benchmarks.md from runs made in parts: their results in order, each run's command listed."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    all_results = [dict(entry, order=run["settings"]["order"]) for run in runs for entry in run["results"]]
+    commands = "\n".join(dict.fromkeys(run["command"] for run in runs))
+    write_docs(docs_path, all_results, runs[0]["info"], runs[0]["settings"], commands)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_results:
+        docs_from_results(args.from_results.split(","), Path(args.docs_path))
+        print(f"wrote {args.docs_path}")
+        return 0
     from rmtrain.engine.precision import bf16_supported
 
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and bf16_supported("cpu"))
@@ -110,6 +133,18 @@ def main(argv=None) -> int:
         data_file = data_root / DATASETS[dataset]["file"]
         pairs_dir, ref = build_pairs(data_file, DATASETS[dataset]["map_fn"], tokenizer_dir, args.max_length, cache_dir)
         max_packed_length, bin_pairs = choose_max_packed_length(ref["lengths"], args.pairs_per_step, args.max_length)
+        # TRL drops pairs longer than max_length; count them in the untruncated tokenisation.
+        _, full = build_pairs(data_file, DATASETS[dataset]["map_fn"], tokenizer_dir, 1 << 20, cache_dir)
+        ref["over_length_pairs"] = sum(max(c, r) > args.max_length for c, r in full["lengths"])
+        window = window_batches(ref["lengths"], args.pairs_per_step, args.warmup + args.steps, args.order, SEED)
+        window_file = work_dir / f"window-{dataset}.json"
+        window_file.write_text(json.dumps(window))
+        import datasets
+
+        ref["window_digest"] = expected_window_digest(datasets.load_from_disk(str(pairs_dir)), window, args.warmup)
+        measured = [i for step in window[args.warmup :] for i in step]
+        ref["window_pairs"] = len(measured)
+        ref["window_tokens"] = sum(sum(ref["lengths"][i]) for i in measured)
         for size in args.sizes:
             model_dir, params = build_model(size, tokenizer_dir, args.max_length, cache_dir)
             print(f"\n== {size} ({params / 1e6:.1f}M parameters), {dataset}: {ref['pairs']} pairs, {ref['tokens']:,} "
@@ -123,7 +158,8 @@ def main(argv=None) -> int:
                     pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
                     max_packed_length=max_packed_length, pairs_per_step=args.pairs_per_step, warmup=args.warmup,
                     steps=args.steps, lr=args.lr, betas=[0.9, 0.999], weight_decay=0.0, max_norm=1.0,
-                    dtype=args.dtype, bf16=bf16, threads=args.threads,
+                    dtype=args.dtype, bf16=bf16, threads=args.threads, profile_step=args.profile_step,
+                    window_file=str(window_file),
                 )  # fmt: skip
                 print(f"   {ARM_TITLES[arm]} ...", end=" ", flush=True)
                 result = run_arm(spec, args.arm_timeout)
@@ -139,6 +175,9 @@ def main(argv=None) -> int:
             check = token_check(results, ref)
             read_back = settings_check(results)
             entry = dict(size=size, dataset=dataset, params=params, pairs=ref["pairs"], tokens=ref["tokens"],
+                         truncated=ref["truncated"], over_length_pairs=ref["over_length_pairs"],
+                         untruncated_pairs=full["pairs"], window_pairs=ref["window_pairs"],
+                         window_tokens=ref["window_tokens"],
                          max_packed_length=max_packed_length, bin_pairs=bin_pairs, results=results, token_check=check,
                          settings_check=read_back)  # fmt: skip
             all_results.append(entry)
@@ -151,7 +190,7 @@ def main(argv=None) -> int:
 
     info = machine_info(precision, args.threads)
     settings = dict(vocab_size=len(tokenizer), max_length=args.max_length, lr=args.lr, warmup=args.warmup,
-                    steps=args.steps, pairs_per_step=args.pairs_per_step)  # fmt: skip
+                    steps=args.steps, pairs_per_step=args.pairs_per_step, order=args.order)  # fmt: skip
     (work_dir / "results.json").write_text(
         json.dumps(dict(info=info, settings=settings, command=command, results=all_results), indent=1)
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .measure import activation_checkpointing, peak_rss_mib, set_threads, summarize_steps, token_digest
 from .settings import CONFIG_DIR, LOG_INTERVAL, SEED
+from .window import window_digest
 
 
 def rmtrain_cfg_options(spec: dict, steps_file: Path) -> dict:
@@ -25,6 +26,7 @@ def rmtrain_cfg_options(spec: dict, steps_file: Path) -> dict:
         f"{dataset}.reward_token_id": spec["reward_token_id"],
         f"{dataset}.max_length": spec["max_length"],
         f"{dataset}.max_packed_length": spec["max_packed_length"],
+        f"{dataset}.window_file": spec["window_file"],
         "train_dataloader.collate_fn.pad_token_id": spec["pad_token_id"],
         "optim_wrapper.dtype": spec["dtype"],
         "optim_wrapper.optimizer.lr": spec["lr"],
@@ -37,9 +39,10 @@ def rmtrain_cfg_options(spec: dict, steps_file: Path) -> dict:
         "log_processor.window_size": LOG_INTERVAL,
         "randomness.seed": SEED,
     }
-    if spec["arm"] == "rmtrain_padded":  # P pairs per step; the packed arm takes one bin per step
+    if spec.get("profile_step"):
+        options["custom_hooks.0.profile_step"] = spec["profile_step"]
+    if spec["arm"] == "rmtrain_padded":  # P pairs per step; the packed arm takes one row (a step's pairs) per step
         options["train_dataloader.batch_size"] = spec["pairs_per_step"]
-        options["train_dataloader.sampler.batch_size"] = spec["pairs_per_step"]
     return options
 
 
@@ -74,7 +77,14 @@ def run_trl_arm(spec: dict) -> dict:
     )
     # Pre-tokenised by rmtrain's own code (template, truncation, reward token): TRL skips its tokenising.
     pairs = datasets.load_from_disk(spec["pairs_dir"])
+    window = json.loads(Path(spec["window_file"]).read_text())
+    # The data set the arms share (its fingerprint); TRL then trains the window's selection of it.
+    dataset_tokens = sum(len(ids) for ids in pairs["chosen_ids"]) + sum(len(ids) for ids in pairs["rejected_ids"])
+    digest = token_digest(pairs["chosen_ids"], pairs["rejected_ids"])
+    dataset_pairs = len(pairs)
     grouped = spec["arm"] == "trl_grouped"
+    if not grouped:  # the window's pairs in its order, sampled sequentially (trl_grouped: TRL's own sampler)
+        pairs = pairs.select([i for step in window for i in step])
     if grouped:  # transformers' LengthGroupedSampler reads a "length" column (it cannot infer one here)
         pairs = pairs.map(lambda row: {"length": max(len(row["chosen_ids"]), len(row["rejected_ids"]))})
 
@@ -84,6 +94,7 @@ def run_trl_arm(spec: dict) -> dict:
         def __init__(self, pad_token_id: int):
             self.inner = DataCollatorForPreference(pad_token_id=pad_token_id)
             self.batches: list[dict] = []
+            self.collated: list[dict] = []
 
         def __call__(self, examples):
             batch = self.inner(examples)
@@ -94,6 +105,7 @@ def run_trl_arm(spec: dict) -> dict:
                     "pairs": batch["input_ids"].shape[0] // 2,
                 }
             )
+            self.collated.append(batch)  # fingerprinted after training
             return batch
 
     class StepTimes(TrainerCallback):
@@ -138,7 +150,11 @@ def run_trl_arm(spec: dict) -> dict:
         seed=SEED,
         data_seed=SEED,
         push_to_hub=False,
-        **(dict(train_sampling_strategy="group_by_length", remove_unused_columns=False) if grouped else {}),
+        **(
+            dict(train_sampling_strategy="group_by_length", remove_unused_columns=False)
+            if grouped
+            else dict(train_sampling_strategy="sequential")
+        ),  # fmt: skip
     )
     trainer = RewardTrainer(
         model=model,
@@ -149,7 +165,9 @@ def run_trl_arm(spec: dict) -> dict:
         callbacks=[step_times],
     )
     prepared = trainer.train_dataset
-    dataset_tokens = sum(len(ids) for ids in prepared["chosen_ids"]) + sum(len(ids) for ids in prepared["rejected_ids"])
+    # TRL drops (does not truncate) pairs with a side longer than max_length; rmtrain's ids are already
+    # cut to max_length, so none should go: a drop would shift the window, and is reported.
+    dropped_by_trl = len(pairs) - len(prepared)
     trainer.train()
     checks = {
         "autocast": trainer.accelerator.mixed_precision,
@@ -160,9 +178,13 @@ def run_trl_arm(spec: dict) -> dict:
         "threads": torch.get_num_threads(),
         "attention": trainer.model.config._attn_implementation,
     }
-    digest = token_digest(prepared["chosen_ids"], prepared["rejected_ids"])
-    return {"records": step_times.records, "dataset_tokens": dataset_tokens, "dataset_pairs": len(prepared),
-            "token_digest": digest, "checks": checks}  # fmt: skip
+    from .hooks import batch_sequences
+    from .window import step_digest
+
+    steps = [step_digest(batch_sequences(batch)) for batch in collator.collated[: len(step_times.records)]]
+    return {"records": step_times.records, "dataset_tokens": dataset_tokens, "dataset_pairs": dataset_pairs,
+            "token_digest": digest, "step_digests": None if grouped else steps, "dropped_by_trl": dropped_by_trl,
+            "checks": checks}  # fmt: skip
 
 
 # ============================================================================ ceiling arm
@@ -176,9 +198,12 @@ def run_ceiling_arm(spec: dict) -> dict:
     from transformers import LlamaModel
 
     pairs = datasets.load_from_disk(spec["pairs_dir"])
-    stream = [t for c, r in zip(pairs["chosen_ids"], pairs["rejected_ids"]) for t in (*c, *r)]
-    num_sequences = 2 * len(pairs)
-    row_len = max(2, round(len(stream) / num_sequences))  # mean sequence length
+    window = json.loads(Path(spec["window_file"]).read_text())
+    chosen, rejected = pairs["chosen_ids"], pairs["rejected_ids"]
+    measured = window[spec["warmup"] :]  # rows of the measured window's tokens, at its mean sequence length
+    stream = [t for step in measured for i in step for t in (*chosen[i], *rejected[i])]
+    num_sequences = sum(2 * len(step) for step in measured)
+    row_len = max(2, round(len(stream) / num_sequences))
     rows = 2 * spec["pairs_per_step"]
     total_steps = spec["warmup"] + spec["steps"]
     tokens_per_step = rows * row_len
@@ -209,7 +234,8 @@ def run_ceiling_arm(spec: dict) -> dict:
     checks = {"autocast": "bf16" if spec["bf16"] else "no", "grad_checkpointing": False, "optimizer": type(optimizer).__name__,
               "threads": torch.get_num_threads(), "attention": trunk.config._attn_implementation, "row_len": row_len}  # fmt: skip
     digest = token_digest(pairs["chosen_ids"], pairs["rejected_ids"])
-    return {"records": records, "dataset_tokens": len(stream), "dataset_pairs": len(pairs), "token_digest": digest,
+    dataset_tokens = sum(len(c) + len(r) for c, r in zip(chosen, rejected))
+    return {"records": records, "dataset_tokens": dataset_tokens, "dataset_pairs": len(pairs), "token_digest": digest,
             "checks": checks}  # fmt: skip
 
 
@@ -230,6 +256,9 @@ def arm_main(spec_path: str) -> int:
     try:
         out = ARM_RUNNERS[spec["arm"]](spec)
         result = {"ok": True, **summarize_steps(out.pop("records"), spec["warmup"], spec["steps"]), **out}
+        steps = result.pop("step_digests", None)
+        if steps is not None:  # the sequences of the measured steps, in order
+            result["window_digest"] = window_digest(steps[spec["warmup"] : spec["warmup"] + spec["steps"]])
     except BaseException as error:  # noqa: BLE001  report any failure; the parent goes on with the other arms
         traceback.print_exc()
         result = {"ok": False, "error": f"{type(error).__name__}: {error}"}

@@ -58,13 +58,17 @@ def build_tokenizer(data_root: Path, vocab_size: int, cache_dir: Path) -> Path:
     return out_dir
 
 
+# From rmtrain's data set summary: pairs whose prompt / chosen / rejected side was cut to max_length.
+TRUNCATION_KEYS = ("prompt_cut_pairs", "chosen_cut_pairs", "rejected_cut_pairs", "max_length")
+
+
 def build_pairs(
     data_file: Path, map_fn: str, tokenizer_dir: Path, max_length: int, cache_dir: Path
 ) -> tuple[Path, dict]:
     """Tokenise a data set once with rmtrain's own code; TRL and the ceiling read these ids."""
     out_dir = (
         cache_dir
-        / f"pairs-{data_file.name.split('.')[0]}-{max_length}-{_file_digest([data_file], tokenizer_dir.name, map_fn)}"
+        / f"pairs-{data_file.name.split('.')[0]}-{max_length}-{_file_digest([data_file], tokenizer_dir.name, map_fn, TRUNCATION_KEYS)}"
     )
     if not (out_dir / "dataset_info.json").is_file():
         from transformers import AutoTokenizer
@@ -84,12 +88,16 @@ def build_pairs(
             skip_bad_records=True,
         )
         dataset.pairs.select_columns(["chosen_ids", "rejected_ids"]).save_to_disk(str(out_dir))
+        summary = dataset.summary
+        (out_dir / "rmtrain_summary.json").write_text(json.dumps({k: summary.get(k) for k in TRUNCATION_KEYS}))
     import datasets
 
     pairs = datasets.load_from_disk(str(out_dir))
     lengths = [(len(c), len(r)) for c, r in zip(pairs["chosen_ids"], pairs["rejected_ids"])]
     digest = token_digest(pairs["chosen_ids"], pairs["rejected_ids"])
+    truncated = json.loads((out_dir / "rmtrain_summary.json").read_text())
     return out_dir, {
+        "truncated": truncated,  # how many pairs rmtrain cut to max_length (by side)
         "lengths": lengths,
         "pairs": len(lengths),
         "tokens": sum(c + r for c, r in lengths),

@@ -30,6 +30,7 @@ def summarize_steps(records: list[dict], warmup: int, steps: int) -> dict:
         "step_s_min": min(step_times),
         "step_s_max": max(step_times),
         "window_s": elapsed,
+        "step_times": step_times,
     }
 
 

@@ -62,39 +62,71 @@ def format_table(results: dict, markdown: bool) -> list[str]:
                       f"{_fmt_ratio(results.get('rmtrain_padded'), results.get('trl_grouped'))}")  # fmt: skip
     lines.append("")
     lines.append(("Ratios of real tokens/s: " if markdown else "ratios (real tokens/s): ") + "; ".join(ratios))
+    paired = [
+        f"{ARM_TITLES[other]} {ratio:.2f}x"
+        for other in ("rmtrain_padded", "trl")
+        if (ratio := paired_speedup(results.get("rmtrain_packed"), results.get(other))) is not None
+    ]
+    if paired:
+        lines.append("")
+        lines.append(
+            "Step by step (every arm trains the same pairs in each step): rmtrain packed is faster than "
+            + ", ".join(paired)
+            + " (median over the window of the other arm's step time / packed's; less sensitive to other load)."
+        )
     return lines
+
+
+def paired_speedup(packed: dict | None, other: dict | None) -> float | None:
+    """Median over the window's steps of other's step time / packed's step time (the same pairs per step)."""
+    if not packed or not other or "step_times" not in packed or "step_times" not in other:
+        return None
+    ratios = sorted(o / p for p, o in zip(packed["step_times"], other["step_times"]))
+    return ratios[len(ratios) // 2] if ratios else None
 
 
 def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, command: str) -> None:
     lines = [
         "# Training throughput: rmtrain against TRL and the bare model",
         "",
-        "Written by `python -m tools.bench_throughput --write-docs`; re-run the command below to reproduce.",
+        "Written by `python -m tools.bench_throughput --write-docs` (or `--from-results` for a run made in parts);",
+        "re-run the commands below to reproduce.",
         "",
-        "Four arms train the same random-init Llama reward model on the same tokenised pairs:",
+        "Four arms train the same random-init Llama reward model on the same tokenised pairs, and the",
+        "three that train pairs train **the same pairs in the same order** over the measured window: the",
+        "benchmark draws one list of steps of P pairs and every arm trains those steps. `--order grouped`",
+        "(the default): rmtrain's length-grouped batching (`LengthGroupedSampler`, seed 0), pairs of similar",
+        "length share a step; `--order random`: consecutive pairs of a seeded shuffle (TRL's default batching).",
+        "Each section names its order.",
         "",
-        "- **rmtrain packed**: `rmtrain train` with `use_varlen_attn=True`; whole pairs packed into bins of at most",
-        "  `max_packed_length` tokens (chosen so that a bin holds about P pairs), one bin per optimizer step, no padding.",
-        "- **rmtrain padded**: the same config with `use_varlen_attn=False`, P pairs per step, right-padded batches",
-        "  of similar length (`LengthGroupedSampler`).",
-        "- **TRL RewardTrainer** (trl {trl}): `LlamaForSequenceClassification(num_labels=1)`, P pairs per step,".format(
+        "- **rmtrain packed**: `rmtrain train` with `use_varlen_attn=True`; each step's pairs laid whole in one",
+        "  padding-free row (one row per optimizer step).",
+        "- **rmtrain padded**: the same config with `use_varlen_attn=False`; each step's pairs right-padded to",
+        "  the longest sequence of the step.",
+        "- **TRL RewardTrainer** (trl {trl}): `LlamaForSequenceClassification(num_labels=1)`, given the same token".format(
             **info
         ),
-        "  given the same token ids (pre-tokenised `chosen_ids` / `rejected_ids`), TRL's collator and random batches.",
-        "- **ceiling**: the bare model's forward + backward + AdamW step on fixed-shape `[2P, L]` batches of real",
-        "  tokens cut from the same data (L = the mean sequence length), same value head and loss, no data pipeline.",
-        "- **TRL + group_by_length** (only when run with `--arms ...,trl_grouped`): TRL with transformers'",
-        "  length-grouped sampler instead of random batches.",
+        "  ids (pre-tokenised `chosen_ids` / `rejected_ids`) in the window's order (`train_sampling_strategy=",
+        '  "sequential"`), TRL\'s collator (pads to the longest sequence of the step).',
+        "- **ceiling**: the bare model's forward + backward + AdamW step on fixed-shape `[2P, L]` rows of real",
+        "  tokens cut from the measured window (L = its mean sequence length), same value head and loss, no data",
+        "  pipeline and no padding.",
         "",
         "Shared: tokenizer (byte-level BPE, vocab {vocab}, trained on the two data sets, ChatML template, a pad",
         "and a reward token), weights, `max_length` {max_length}, AdamW (lr {lr}, constant, clip 1.0), {precision},",
-        "{threads} torch threads, no gradient checkpointing, no evaluation, no checkpoint saving, no external logging,",
-        "no reward centering, TRL's fused AdamW replaced by `torch.optim.AdamW`. Each arm runs in its own process.",
+        "{threads} torch thread(s), no gradient checkpointing, no evaluation, no checkpoint saving, no external",
+        "logging, no reward centering, TRL's fused AdamW replaced by `torch.optim.AdamW`. Each arm runs in its own",
+        "process.",
+        "",
+        "Pairs longer than `max_length`: rmtrain truncates them (the prompt from the left first, then the",
+        "responses) and keeps every pair; TRL drops a pair with a side longer than `max_length` (it does not",
+        "truncate). TRL is given rmtrain's truncated ids, so it drops none here; the count of pairs TRL would",
+        "drop from the untruncated tokenisation is given per data set.",
         "",
         "Real tokens/s counts non-pad tokens over optimizer steps {first}..{last} (the first {warmup} steps,",
         "model build and data tokenising are excluded). Padded fraction = pad slots / all token slots. Peak MiB is the",
         "maximum RSS of the arm's process (imports, data and model included). tokens/seq is the mean real length of",
-        "the sequences trained in the window: arms draw different pairs, so it shows how comparable the windows are.",
+        "the sequences trained in the window (equal in the pair arms: the token check says so).",
         "A median s/step far from the mean s/step means the window was disturbed (other load) or uneven.",
         "",
     ]
@@ -107,12 +139,18 @@ def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, 
         for line in lines
     ]  # fmt: skip
     for entry in all_results:
-        lines.append(f"## {entry['size']} model ({entry['params'] / 1e6:.1f}M parameters), {entry['dataset']}")
+        order = entry.get("order", settings["order"])
+        lines.append(
+            f"## {entry['size']} model ({entry['params'] / 1e6:.1f}M parameters), {entry['dataset']}, {order} batches"
+        )
         lines.append("")
         lines.append(
             f"{entry['pairs']} pairs, {entry['tokens']:,} tokens (mean pair {entry['tokens'] / entry['pairs']:.0f}); "
-            f"P = {settings['pairs_per_step']} pairs per step; max_packed_length = {entry['max_packed_length']} "
-            f"({entry['bin_pairs']:.2f} pairs per bin over the whole data set)."
+            f"P = {settings['pairs_per_step']} pairs per step; measured window: {entry['window_pairs']} pairs, "
+            f"{entry['window_tokens']:,} tokens. Longer than max_length {settings['max_length']}: "
+            f"{entry['over_length_pairs']} of {entry['untruncated_pairs']} pairs (untruncated), which TRL would drop "
+            f"and rmtrain truncates (prompt cut in {entry['truncated']['prompt_cut_pairs']}, chosen response in "
+            f"{entry['truncated']['chosen_cut_pairs']}, rejected response in {entry['truncated']['rejected_cut_pairs']})."
         )
         lines.append("")
         lines += format_table(entry["results"], markdown=True)
@@ -160,21 +198,28 @@ def settings_check(results: dict) -> str:
 
 
 def token_check(results: dict, reference: dict) -> str:
-    """Every arm must train on the same token sequences: same count, same pairs, same fingerprint."""
+    """Every arm must train the same data, and the pair arms the same sequences in the same order over the
+    measured window: same data set fingerprint, same window fingerprint."""
     expected = (reference["tokens"], reference["pairs"], reference["digest"])
     seen = {
         arm: (r.get("dataset_tokens"), r.get("dataset_pairs"), r.get("token_digest"))
         for arm, r in results.items() if r.get("ok")
     }  # fmt: skip
     mismatched = {arm: v for arm, v in seen.items() if v != expected}
-    if mismatched:
+    windows = {arm: r["window_digest"] for arm, r in results.items() if r.get("ok") and "window_digest" in r}
+    other_window = {arm: d for arm, d in windows.items() if d != reference["window_digest"]}
+    if mismatched or other_window:
         return (
             f"Token check FAILED: reference {reference['tokens']} tokens in {reference['pairs']} pairs "
-            f"(fingerprint {reference['digest']}); "
+            f"(fingerprint {reference['digest']}, window {reference['window_digest']}); "
             + ", ".join(f"{ARM_TITLES[arm]}: {t} tokens in {p} pairs ({d})" for arm, (t, p, d) in mismatched.items())
+            + "; ".join(f"{ARM_TITLES[arm]} trained window {d}" for arm, d in other_window.items())
         )
     return (
-        f"Token check: every arm that ran ({', '.join(ARM_TITLES[arm] for arm in seen)}) trained on the same "
-        f"{reference['tokens']:,} tokens in {reference['pairs']} pairs (identical token ids, fingerprint "
-        f"{reference['digest']})."
+        f"Token check: every arm that ran ({', '.join(ARM_TITLES[arm] for arm in seen)}) read the same "
+        f"{reference['tokens']:,} tokens in {reference['pairs']} pairs (fingerprint {reference['digest']}); "
+        f"{', '.join(ARM_TITLES[arm] for arm in windows)} trained the same {reference['window_pairs']} pairs "
+        f"({reference['window_tokens']:,} tokens) in the same order over the measured window (window fingerprint "
+        f"{reference['window_digest']}, from the sequences each arm actually trained); the ceiling's rows are cut "
+        f"from the same window's tokens."
     )

@@ -221,7 +221,7 @@ class InternLM2Attention(nn.Module):
         key = _apply_rotary(key, cos, sin)
         implementation = _registered_attention(self.config)
         if implementation is not None and attention_mask is None:
-            # Packed rows under flash_attention_2 or rmtrain's per-sequence SDPA: the function reads
+            # Packed rows under flash_attention_2 or rmtrain's bucketed SDPA: the function reads
             # the sequence offsets (cu_seq_lens_q/k) from kwargs. Padded batches use the SDPA below.
             out, _ = implementation(self, query, key, value, None, scaling=self.head_dim**-0.5, **kwargs)
             return self.wo(out.reshape(batch, seq_len, self.num_heads * self.head_dim))

@@ -1,18 +1,20 @@
 # The "rmtrain padded" arm of tools/bench_throughput: the random-init Llama reward model trained on
-# right-padded batches of similar length (LengthGroupedSampler), P pairs per optimizer step.
+# right-padded batches of P pairs, the benchmark window's batches in its order (tools/bench_throughput/
+# window.py; by default rmtrain's LengthGroupedSampler batching: pairs of similar length share a step).
 # The benchmark builds the inputs every arm shares (weights, tokenizer, tokenised data, sizes, optimizer
 # settings) and passes them to this file as --cfg-options (tools/bench_throughput/arms.py,
 # rmtrain_cfg_options); the values below are placeholders of the right kind.
+from mmengine.dataset import DefaultSampler
 from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.visualization import LocalVisBackend, Visualizer
 from torch.optim import AdamW
 from transformers import AutoTokenizer, LlamaModel
 
-from rmtrain.data import build_preference_dataset, load_jsonl_dataset, preference_collate_fn
-from rmtrain.data.packing import LengthGroupedSampler
+from rmtrain.data import load_jsonl_dataset, preference_collate_fn
 from rmtrain.engine import AutocastOptimWrapper, RewardLogProcessor, TrainLoop
 from rmtrain.model import RewardModel
 from tools.bench_throughput.hooks import BenchStepHook
+from tools.bench_throughput.window import window_dataset
 
 # Settings
 tokenizer_dir = "work_dirs/bench_throughput/cache/tokenizer"  # byte-level BPE with a reward and a pad token
@@ -42,7 +44,8 @@ train_dataloader = dict(
     batch_size=pairs_per_step,
     num_workers=0,
     dataset=dict(
-        type=build_preference_dataset,
+        type=window_dataset,  # rmtrain's build_preference_dataset, served in the window's order
+        window_file="window.json",
         dataset=dict(type=load_jsonl_dataset, data_files=data_file),
         tokenizer=tokenizer,
         max_length=max_length,
@@ -55,7 +58,7 @@ train_dataloader = dict(
         use_varlen_attn=False,
         max_packed_length=2 * max_length,
     ),
-    sampler=dict(type=LengthGroupedSampler, batch_size=pairs_per_step),
+    sampler=dict(type=DefaultSampler, shuffle=False),  # the window's order
     collate_fn=dict(type=preference_collate_fn, pad_token_id=0),
 )
 
@@ -70,7 +73,7 @@ optim_wrapper = dict(
 param_scheduler = []  # constant learning rate, as in the other arms
 train_cfg = dict(type=TrainLoop, max_iters=23)
 
-custom_hooks = [dict(type=BenchStepHook, out_file="steps.json")]
+custom_hooks = [dict(type=BenchStepHook, out_file="steps.json", profile_step=None)]
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=log_interval),
