@@ -25,10 +25,12 @@ DATA_ROOT = os.environ.get("RMTRAIN_QUALITY_DATA", os.path.join(os.path.dirname(
 UF_TRAIN = "ultrafeedback-binarized-sample/train_clean.jsonl.gz"
 UF_EVAL = "ultrafeedback-binarized-sample/eval_clean.jsonl.gz"
 HH_HELPFUL = "hh-rlhf/helpful-base/test.jsonl.gz"
-REAL_MAX_LENGTH = 512  # training max_length of the real suite (tokens per side, the reward token included)
-REAL_TRAIN_RECORDS = 498  # 448 train pairs (28 steps of 16) + 50 held out by the recipe's val split (515 fit 512)
+REAL_MAX_LENGTH = 384  # training max_length of the real suite (tokens per side, the reward token included)
+# At 512 (448 or 320 pairs) the TRL arm's longest batches, 32 sides of 512 tokens without activation
+# checkpointing, took more than the 24 GiB this machine has beside other work: it was killed for memory.
+REAL_TRAIN_RECORDS = 178  # 160 train pairs (10 steps of 16) + 18 held out by the recipe's val split
 REAL_EVAL_MAX_LENGTH = 768  # eval pairs longer than this (either side) are left out, so no arm cuts any
-REAL_EVAL_PAIRS = {"ultrafeedback_eval": 157, "hh_helpful": 400}  # UF: all 157 of 200 that fit
+REAL_EVAL_PAIRS = {"ultrafeedback_eval": 80, "hh_helpful": 100}
 
 
 def _read_jsonl_gz(path: str) -> list[dict]:
