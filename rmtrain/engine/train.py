@@ -40,6 +40,7 @@ from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelH
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.memory import check_gpu_memory
+from rmtrain.engine.sequence_parallel import setup_sequence_parallel
 from rmtrain.engine.validation import check_validation_config, validation_loop_config
 from rmtrain.errors import ConfigError
 
@@ -192,6 +193,8 @@ def train(
     cfg = load_config(config, cfg_options)
     if deepspeed:
         check_quantized_trunk_stage(deepspeed, cfg)
+    # Before any data or model: the groups exist when the model is built, the samplers shard by group.
+    setup_sequence_parallel(cfg, world_size())
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
     _check_work_dir(work_dir)
     if torch.cuda.is_available():  # a launch that cannot hold the model states fails now, not at the first step

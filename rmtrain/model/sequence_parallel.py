@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_autograd
 from transformers import AttentionInterface
 
+from rmtrain.errors import ConfigError
 from rmtrain.model.packed_attention import packed_sdpa_attention
 from rmtrain.parallel import sequence_parallel_group, sequence_parallel_rank, sequence_parallel_size
 from rmtrain.scoring import score_token_positions
@@ -57,6 +58,11 @@ def ulysses_attention(
     rows, from `cu_seq_lens_q` / `sequence_bounds` of the whole row).
     """
     size = dist.get_world_size(sequence_parallel)
+    if query.shape[1] % size or key.shape[1] % size:
+        raise ConfigError(
+            f"sequence_parallel_size={size}: the model's {query.shape[1]} attention heads and "
+            f"{key.shape[1]} key/value heads must divide by it"
+        )
     query, key, value = (_all_to_all(t, 1, 2, sequence_parallel, size) for t in (query, key, value))
     out, _ = packed_sdpa_attention(module, query, key, value, None, **kwargs)  # [b, row, heads / sp, dim]
     return _all_to_all(out, 1, 2, sequence_parallel, size), None
