@@ -6,6 +6,8 @@ key/value heads, and the packed length must divide by it. Then the groups are ma
 SequenceParallelSampler, so that the ranks of a group read the same batches.
 """
 
+import os
+
 from mmengine.dataset import DefaultSampler
 
 from rmtrain.builder import build
@@ -32,13 +34,13 @@ def _trunk_config(llm):
     if config is not None:
         return build(config) if isinstance(config, dict) else config
     path = llm.get("pretrained_model_name_or_path")
-    if path is None:
-        return None
+    if path is None or not os.path.isdir(str(path)):
+        return None  # a hub name is not downloaded for a check: the attention checks the heads at the first step
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=bool(llm.get("trust_remote_code", False)))
-    except (OSError, ValueError):  # not reachable here: the model load reports it, the attention checks heads again
+    except (OSError, ValueError):  # an unreadable folder: the model load reports it
         return None
 
 
