@@ -1,9 +1,9 @@
 """`sequence_parallel_size` (a top-level config setting, XTuner's name): checks, groups and data shards.
 
-Checked before the data or the model is built: the world size, the trunk's attention heads and
-key/value heads, and the packed length must divide by it. Then the groups are made
-(`rmtrain.parallel.init_sequence_parallel`) and DefaultSampler is replaced by
-SequenceParallelSampler, so that the ranks of a group read the same batches.
+Checked before the data or the model is built: the trunk's attention heads and key/value heads and
+the packed length must divide by it, and the world size must be a multiple of it. Then the groups
+are made (`rmtrain.parallel.init_sequence_parallel`), and the data loaders' DefaultSampler is replaced
+by SequenceParallelSampler, so that the ranks of a group read the same batches.
 """
 
 import os
@@ -14,7 +14,7 @@ from rmtrain.builder import build
 from rmtrain.data.packing import LengthGroupedSampler
 from rmtrain.data.samplers import SequenceParallelSampler
 from rmtrain.errors import ConfigError
-from rmtrain.parallel import init_sequence_parallel
+from rmtrain.parallel import init_sequence_parallel, sequence_parallel_size
 
 SETTING = "sequence_parallel_size"
 
@@ -66,7 +66,13 @@ def check_sequence_parallel(cfg, size: int, world: int) -> None:
         )
 
 
-def _sharded_by_group(dataloader: dict) -> dict:
+def sharded_by_group(dataloader: dict) -> dict:
+    """A data loader config whose sampler shards by sequence-parallel group (unchanged without groups).
+
+    Applied to the loaders handed to the Runner, not to the config: the config is saved as text.
+    """
+    if sequence_parallel_size() == 1:
+        return dataloader
     sampler = dict(dataloader.get("sampler") or {})
     kind = sampler.get("type")
     if kind in (DefaultSampler, "DefaultSampler", SequenceParallelSampler):
@@ -78,13 +84,8 @@ def _sharded_by_group(dataloader: dict) -> dict:
     return dict(dataloader, sampler=sampler)
 
 
-def setup_sequence_parallel(cfg, world: int) -> int:
-    """Check, make the groups, shard the data loaders by group; returns the size (1: nothing to do)."""
+def setup_sequence_parallel(cfg, world: int) -> None:
+    """Check the setting, then make the groups (before the model is built: it reads them)."""
     size = sequence_parallel_setting(cfg)
     check_sequence_parallel(cfg, size, world)
     init_sequence_parallel(size)
-    if size > 1:
-        cfg.train_dataloader = _sharded_by_group(cfg.train_dataloader)
-        if cfg.get("val_dataloader"):
-            cfg.val_dataloader = _sharded_by_group(cfg.val_dataloader)
-    return size

@@ -40,7 +40,7 @@ from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelH
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.memory import check_gpu_memory
-from rmtrain.engine.sequence_parallel import setup_sequence_parallel
+from rmtrain.engine.sequence_parallel import setup_sequence_parallel, sharded_by_group
 from rmtrain.engine.validation import check_validation_config, validation_loop_config
 from rmtrain.errors import ConfigError
 
@@ -223,8 +223,7 @@ def train(
         return dataset.in_memory() if is_distributed() else dataset
 
     train_dataset = on_rank0_then_share(build_train_dataset)
-    train_dataloader = dict(cfg.train_dataloader)
-    train_dataloader["dataset"] = train_dataset
+    train_dataloader = sharded_by_group(dict(cfg.train_dataloader, dataset=train_dataset))
 
     # Validation data: built and shared the same way, so bad validation records also fail early.
     validation = {}
@@ -236,7 +235,7 @@ def train(
 
         val_dataset = on_rank0_then_share(build_val_dataset)
         validation = dict(
-            val_dataloader=dict(cfg.val_dataloader, dataset=val_dataset),
+            val_dataloader=sharded_by_group(dict(cfg.val_dataloader, dataset=val_dataset)),
             val_evaluator=cfg.val_evaluator,
             val_cfg=validation_loop_config(cfg.val_cfg),
         )
