@@ -158,6 +158,9 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None, resume_from: str | None
     if deepspeed:
         # FlexibleRunner builds the model late, after its data loader has drawn from the random
         # generator: built here, right after seeding as Runner does, it starts from the same weights.
+        # DeepSpeed counts every rank as data-parallel, also under sequence parallelism: its
+        # train_batch_size then counts a pair once per rank of its group, and its gradient average over
+        # all ranks is the one the sequence-parallel score sum expects (rmtrain.model.sequence_parallel).
         kwargs = deepspeed_runner_kwargs(deepspeed, cfg, world_size())
         set_random_seed(**cfg.randomness)
         with zero3_construction(kwargs["strategy"]["config"]):  # ZeRO-3: each rank builds only its partition
