@@ -24,6 +24,7 @@ from rmtrain.model import RewardModel
 pretrained_model_name_or_path = "internlm/internlm2-chat-1_8b-sft"
 reward_token_id = 92527  # [UNUSED_TOKEN_130]
 use_varlen_attn = True  # pack whole pairs into padding-free rows of max_packed_length tokens
+sequence_parallel_size = 1  # >1: each row split over this many processes (Ulysses); see docs/en/distributed.md
 loss_type = "focal"
 penalty_type = "log_barrier"
 penalty_weight = 0.01

@@ -22,6 +22,7 @@ from rmtrain.model import RewardModel
 pretrained_model_name_or_path = "meta-llama/Meta-Llama-3-8B-Instruct"
 reward_token_id = 128002  # <|reserved_special_token_0|>
 use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
+sequence_parallel_size = 1  # >1: each row split over this many processes (Ulysses); see docs/en/distributed.md
 loss_type = "focal"
 penalty_type = "log_barrier"
 penalty_weight = 0.01

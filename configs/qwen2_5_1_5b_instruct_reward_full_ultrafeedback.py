@@ -19,6 +19,7 @@ from rmtrain.model import RewardModel
 pretrained_model_name_or_path = "Qwen/Qwen2.5-1.5B-Instruct"
 reward_token_id = 151654  # <|vision_pad|>, never used by the text-only model
 use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
+sequence_parallel_size = 1  # >1: each row split over this many processes (Ulysses); see docs/en/distributed.md
 loss_type = "focal"
 penalty_type = "log_barrier"
 penalty_weight = 0.01

@@ -34,6 +34,7 @@ from rmtrain.model import RewardModel
 reward_token_id = None
 pad_token_id = 2  # '<|im_end|>', SmolLM2's pad token; padding is masked, scores are read at the last real token
 use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
+sequence_parallel_size = 1  # >1: each row split over this many processes (Ulysses); see docs/en/distributed.md
 loss_type = "ranking"
 penalty_type = "none"  # TRL's choice: the scores are free; "log_barrier" keeps them in (-5, 5)
 penalty_weight = 0.01

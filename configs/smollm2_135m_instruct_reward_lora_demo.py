@@ -35,6 +35,7 @@ from rmtrain.model import RewardModel
 reward_token_id = 16
 pad_token_id = 2  # '<|im_end|>', SmolLM2's pad token; padding is masked, scores are read at the reward token
 use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
+sequence_parallel_size = 1  # >1: each row split over this many processes (Ulysses); see docs/en/distributed.md
 loss_type = "ranking"
 penalty_type = "log_barrier"
 penalty_weight = 0.01

@@ -25,6 +25,7 @@ from rmtrain.model import RewardModel
 # Model
 reward_token_id = 3  # '<|reward|>' in the demo tokenizer
 use_varlen_attn = False  # True: pack whole pairs into padding-free rows of max_packed_length tokens
+sequence_parallel_size = 1  # >1: each row split over this many processes (Ulysses); see docs/en/distributed.md
 loss_type = "ranking"
 penalty_type = "log_barrier"
 penalty_weight = 0.01

@@ -35,6 +35,8 @@ ENGINE_KEYS = REQUIRED_KEYS + (
     "val_cfg",
 )
 
+# Top-level settings that `rmtrain train` reads itself (so `--cfg-options` may set them).
+RUN_SETTINGS = ("sequence_parallel_size",)
 
 # What the model takes from the training data set's config (see derive_model_settings).
 DERIVED_MODEL_KEYS = ("model.reward_token_id", "model.use_varlen_attn")
@@ -89,7 +91,7 @@ def _check_option_key(cfg: Config, key: str, value=None) -> None:
         walked.append(part)
     _check_option_value(key, node, value)
     top = key.split(".")[0]
-    if top not in ENGINE_KEYS:
+    if top not in ENGINE_KEYS + RUN_SETTINGS:
         value = cfg[top]
         uses = [path for name in ENGINE_KEYS if name in cfg for path in _paths_with_value(cfg[name], value, name)]
         same_name = [path for path in uses if path.rsplit(".", 1)[-1] == top]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from mmengine.evaluator import BaseMetric
 
 from rmtrain.errors import EvaluationError
+from rmtrain.parallel import sequence_parallel_rank, sequence_parallel_size
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -103,17 +104,23 @@ class RewardMetric(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
 
     def process(self, data_batch, data_samples) -> None:
-        self.results.extend((float(p["chosen_score"]), float(p["rejected_score"])) for p in data_samples)
+        # Under sequence parallelism the ranks of a group score the same pairs: each result carries
+        # its rank's place in the group, and only the first rank's count.
+        part = sequence_parallel_rank()
+        self.results.extend((float(p["chosen_score"]), float(p["rejected_score"]), part) for p in data_samples)
 
     def evaluate(self, size: int) -> dict:
         # mmengine keeps the first `size` gathered results to drop the pairs that the distributed
         # sampler repeats so every rank gets as many. `size` counts data set items, which are pairs
         # only without packing (PreferenceDataset.metainfo gives the count); a packed item is a bin of
         # several pairs, and then every result is kept (repeats included, in multi-process runs).
+        # Sequence parallelism: the gathered results interleave the ranks, sp copies of each pair, so the
+        # first pairs * sp of them hold the first `pairs` once each from the groups' first ranks.
         pairs = (self.dataset_meta or {}).get("pairs")
-        return super().evaluate(pairs if pairs is not None else sys.maxsize)
+        return super().evaluate(pairs * sequence_parallel_size() if pairs is not None else sys.maxsize)
 
     def compute_metrics(self, results: list) -> dict:
+        results = [(c, r) for c, r, part in results if part == 0]
         chosen = [c for c, _ in results]
         rejected = [r for _, r in results]
         metrics = preference_metrics(chosen, rejected)

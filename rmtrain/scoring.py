@@ -357,6 +357,20 @@ def pack_sequences(sequences: list[list[int]]) -> dict:
     }
 
 
+def score_token_positions(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each sequence's score is read: (row, position in the row) of its last real token, [sequences] each.
+
+    Padded batches: the last attended token of each row. Packed rows: the last token before each
+    sequence offset. Positions index the whole row, so a process that holds only part of it
+    (sequence parallelism) finds which scores it holds.
+    """
+    if "cu_seq_lens" in batch:
+        positions = batch["cu_seq_lens"][1:].long() - 1
+        return torch.zeros_like(positions), positions
+    positions = score_positions(batch["attention_mask"])
+    return torch.arange(positions.shape[0], device=positions.device), positions
+
+
 def score_sequences(trunk: torch.nn.Module, value_head: torch.nn.Module, batch: dict) -> torch.Tensor:
     """THE scoring rule: each sequence's score is the value head at its last real token.
 
@@ -379,12 +393,12 @@ def score_sequences(trunk: torch.nn.Module, value_head: torch.nn.Module, batch: 
             max_length_k=batch["max_seq_len"],
             **({"attention_buckets": batch["attention_buckets"]} if "attention_buckets" in batch else {}),
         ).last_hidden_state
-        last = hidden[0, cu_seq_lens[1:].long() - 1]
     else:
-        attention_mask = batch["attention_mask"]
-        hidden = trunk(input_ids=batch["input_ids"], attention_mask=attention_mask, use_cache=False).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, score_positions(attention_mask)]
+        hidden = trunk(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+    rows, positions = score_token_positions(batch)
+    last = hidden[rows.to(hidden.device), positions.to(hidden.device)]
     return value_head(last.to(value_head.weight.dtype)).squeeze(-1).float()
 
 

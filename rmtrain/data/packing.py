@@ -12,10 +12,11 @@ import logging
 import math
 
 import torch
-from mmengine.dist import get_dist_info, sync_random_seed
+from mmengine.dist import sync_random_seed
 from mmengine.logging import print_log
 
 from rmtrain.errors import ConfigError
+from rmtrain.parallel import data_parallel_rank_and_size
 
 
 def pair_lengths(dataset) -> list[tuple[int, int]]:
@@ -117,7 +118,8 @@ class LengthGroupedSampler:
         seed: int | None = None,
         group_batches: int = 50,
     ):
-        self.rank, self.world_size = get_dist_info()
+        # The data-parallel shard: the ranks of a sequence-parallel group read the same batches.
+        self.rank, self.world_size = data_parallel_rank_and_size()
         self.lengths = pair_lengths(dataset)
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -40,6 +40,7 @@ from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelH
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.memory import check_gpu_memory
+from rmtrain.engine.sequence_parallel import setup_sequence_parallel, sharded_by_group
 from rmtrain.engine.validation import check_validation_config, validation_loop_config
 from rmtrain.errors import ConfigError
 
@@ -157,6 +158,9 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None, resume_from: str | None
     if deepspeed:
         # FlexibleRunner builds the model late, after its data loader has drawn from the random
         # generator: built here, right after seeding as Runner does, it starts from the same weights.
+        # DeepSpeed counts every rank as data-parallel, also under sequence parallelism: its
+        # train_batch_size then counts a pair once per rank of its group, and its gradient average over
+        # all ranks is the one the sequence-parallel score sum expects (rmtrain.model.sequence_parallel).
         kwargs = deepspeed_runner_kwargs(deepspeed, cfg, world_size())
         set_random_seed(**cfg.randomness)
         with zero3_construction(kwargs["strategy"]["config"]):  # ZeRO-3: each rank builds only its partition
@@ -192,6 +196,8 @@ def train(
     cfg = load_config(config, cfg_options)
     if deepspeed:
         check_quantized_trunk_stage(deepspeed, cfg)
+    # Before any data or model: the groups exist when the model is built, the samplers shard by group.
+    setup_sequence_parallel(cfg, world_size())
     work_dir = work_dir or cfg.get("work_dir") or default_work_dir(cfg.filename)
     _check_work_dir(work_dir)
     if torch.cuda.is_available():  # a launch that cannot hold the model states fails now, not at the first step
@@ -220,8 +226,7 @@ def train(
         return dataset.in_memory() if is_distributed() else dataset
 
     train_dataset = on_rank0_then_share(build_train_dataset)
-    train_dataloader = dict(cfg.train_dataloader)
-    train_dataloader["dataset"] = train_dataset
+    train_dataloader = sharded_by_group(dict(cfg.train_dataloader, dataset=train_dataset))
 
     # Validation data: built and shared the same way, so bad validation records also fail early.
     validation = {}
@@ -233,7 +238,7 @@ def train(
 
         val_dataset = on_rank0_then_share(build_val_dataset)
         validation = dict(
-            val_dataloader=dict(cfg.val_dataloader, dataset=val_dataset),
+            val_dataloader=sharded_by_group(dict(cfg.val_dataloader, dataset=val_dataset)),
             val_evaluator=cfg.val_evaluator,
             val_cfg=validation_loop_config(cfg.val_cfg),
         )

@@ -19,6 +19,8 @@ from rmtrain.errors import ConfigError
 from rmtrain.model import lora as lora_trunk
 from rmtrain.model.losses import LOSS_TYPES, PENALTY_TYPES, pair_loss, score_penalty
 from rmtrain.model.packed_attention import packed_attention_implementation
+from rmtrain.model.sequence_parallel import ULYSSES, score_sequences_in_parallel
+from rmtrain.parallel import sequence_parallel_size
 from rmtrain.scoring import reward_token_or_none, score_sequences
 
 VALUE_HEAD_INITS = ("normal", "zeros")
@@ -157,6 +159,10 @@ class RewardModel(BaseModel):
         self.model.config.use_cache = False
         if use_varlen_attn:  # packed batches: attention stays within each sequence, at its own cost
             self.model.set_attn_implementation(packed_attention_implementation())
+        # Rows split over a sequence-parallel group (the engine makes the groups before building the model).
+        self.sequence_parallel = sequence_parallel_size() > 1
+        if self.sequence_parallel:
+            self.model.set_attn_implementation(ULYSSES)
         vocab_size = self.model.get_input_embeddings().num_embeddings
         if reward_token_id is not None and reward_token_id >= vocab_size:
             raise ConfigError(
@@ -223,14 +229,20 @@ class RewardModel(BaseModel):
         self.lora = None
 
     def score(self, batch: dict) -> torch.Tensor:
-        """A padded or packed batch (see `rmtrain.scoring.score_sequences`) -> [sequences] fp32 scores."""
+        """A padded or packed batch (see `rmtrain.scoring.score_sequences`) -> [sequences] fp32 scores.
+
+        Under sequence parallelism every rank of the group passes the same batch and gets every score.
+        """
+        if self.sequence_parallel:
+            return score_sequences_in_parallel(self.model, self.v_head, batch)
         return score_sequences(self.model, self.v_head, batch)
 
     def parse_losses(self, losses: dict):
         """Backward uses this rank's loss; the logged values are over all ranks.
 
         num_samples and num_tokens are summed over ranks, the other values averaged (every rank
-        sees the same number of pairs per step).
+        sees the same number of pairs per step). The ranks of a sequence-parallel group share one
+        batch: the sums are divided by its size, so each pair counts once.
         """
         loss, log_vars = super().parse_losses(losses)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -238,7 +250,10 @@ class RewardModel(BaseModel):
             values = torch.stack([log_vars[name].detach().float() for name in names])
             dist.all_reduce(values)
             for name, value in zip(names, values):
-                log_vars[name] = value if name in ("num_samples", "num_tokens") else value / dist.get_world_size()
+                if name in ("num_samples", "num_tokens"):
+                    log_vars[name] = value / sequence_parallel_size()
+                else:
+                    log_vars[name] = value / dist.get_world_size()
         return loss, log_vars
 
     def forward(self, data: dict, data_samples=None, mode: str = "loss"):
