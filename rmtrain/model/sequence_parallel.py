@@ -28,7 +28,7 @@ from transformers import AttentionInterface
 from rmtrain.errors import ConfigError
 from rmtrain.model.packed_attention import packed_sdpa_attention
 from rmtrain.parallel import sequence_parallel_group, sequence_parallel_rank, sequence_parallel_size
-from rmtrain.scoring import score_token_positions
+from rmtrain.scoring import bucket_indices, score_token_positions
 
 ULYSSES = "rmtrain_ulysses"
 PAD_ID = 0  # fills a row up to a multiple of sp; never scored, and causal attention keeps it out of real tokens
@@ -55,7 +55,7 @@ def ulysses_attention(
 
     `sequence_parallel`: the process group. The mask transformers may build covers only this part of
     the row and is not used: the inner attention is causal on the whole row (per sequence for packed
-    rows, from `cu_seq_lens_q` / `sequence_bounds` of the whole row).
+    rows, from `cu_seq_lens_q` / `attention_buckets` of the whole row).
     """
     size = dist.get_world_size(sequence_parallel)
     if query.shape[1] % size or key.shape[1] % size:
@@ -85,7 +85,7 @@ def _padded_to_multiple(batch: dict, size: int) -> tuple[torch.Tensor, torch.Ten
     if "cu_seq_lens" not in batch:
         positions = torch.arange(length + fill, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
         return input_ids, positions, {}
-    bounds = tuple(batch["sequence_bounds"] if "sequence_bounds" in batch else batch["cu_seq_lens"].tolist())
+    bounds = tuple(batch["cu_seq_lens"].tolist())
     fill_positions = torch.arange(fill, device=input_ids.device)[None]
     positions = torch.cat([batch["position_ids"], fill_positions.to(batch["position_ids"].dtype)], dim=1)
     if fill:
@@ -94,7 +94,7 @@ def _padded_to_multiple(batch: dict, size: int) -> tuple[torch.Tensor, torch.Ten
     max_len = max(end - start for start, end in zip(bounds, bounds[1:]))
     attention = dict(
         cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_len, max_length_k=max_len,
-        sequence_bounds=bounds,
+        attention_buckets=bucket_indices([end - start for start, end in zip(bounds, bounds[1:])]),
     )  # fmt: skip
     return input_ids, positions, attention
 
