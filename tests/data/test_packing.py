@@ -76,7 +76,7 @@ class _Lengths:
 
 
 def _sampler(lengths, batch_size, rank=0, world_size=1, monkeypatch=None, **kwargs):
-    monkeypatch.setattr(packing_module, "get_dist_info", lambda: (rank, world_size))
+    monkeypatch.setattr(packing_module, "data_parallel_rank_and_size", lambda: (rank, world_size))
     return LengthGroupedSampler(_Lengths(lengths), batch_size=batch_size, seed=0, **kwargs)
 
 
