@@ -57,6 +57,7 @@ lr = 5e-5  # full fine-tuning of a pretrained model: small steps, after a short 
 betas = (0.9, 0.999)
 weight_decay = 0.0
 max_norm = 1.0
+head_lr_mult = 1.0  # the value head's learning rate over the trunk's (v_head parameters)
 warmup_ratio = 0.05
 mixed_precision = "auto"  # bf16 autocast where the device supports it
 
@@ -144,6 +145,7 @@ optim_wrapper = dict(
     optimizer=dict(type=optim_type, lr=lr, betas=betas, weight_decay=weight_decay),
     clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False),
     accumulative_counts=accumulative_counts,
+    paramwise_cfg=dict(custom_keys={"v_head": dict(lr_mult=head_lr_mult)}),
 )
 
 param_scheduler = [

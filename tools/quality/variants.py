@@ -38,6 +38,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "random head, the template's last token, no log-barrier penalty (TRL's choices)",
         {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none"},
     ),
+    "head_lr_x10": (
+        "the recipe, with the value head at 10x the trunk's learning rate",
+        {"head_lr_mult": 10.0},
+    ),
+    "head_lr_x30": (
+        "the recipe, with the value head at 30x the trunk's learning rate",
+        {"head_lr_mult": 30.0},
+    ),
     "head_zeros_no_clip": (
         "zero head, reward token 16, no gradient clipping",
         {"value_head_init": "zeros", "reward_token_id": XTUNER_REWARD_TOKEN, "max_norm": 1e9},
@@ -55,6 +63,7 @@ SETTING_KEYS = {
     "penalty_type": ("model.penalty_type",),
     "loss_type": ("model.loss_type",),
     "max_norm": ("optim_wrapper.clip_grad.max_norm",),
+    "head_lr_mult": ("optim_wrapper.paramwise_cfg.custom_keys.v_head.lr_mult",),
 }
 
 
@@ -82,7 +91,7 @@ def effective_settings(cfg) -> dict:
     model = cfg.model
     dataset = cfg.train_dataloader.dataset
     inputs = scoring_inputs(cfg)
-    return {
+    settings = {
         "value_head_init": model.get("value_head_init", _model_default("value_head_init")),
         "reward_token_id": inputs.reward_token_id,
         "loss_type": model.get("loss_type", _model_default("loss_type")),
@@ -94,3 +103,9 @@ def effective_settings(cfg) -> dict:
         "max_length": inputs.max_length,
         "records": dataset.dataset.get("num_pairs"),
     }
+    # Only where it is set, so the runs cached before this setting existed keep their keys.
+    custom_keys = (cfg.optim_wrapper.get("paramwise_cfg") or {}).get("custom_keys") or {}
+    head_lr_mult = (custom_keys.get("v_head") or {}).get("lr_mult", 1.0)
+    if head_lr_mult != 1.0:
+        settings["head_lr_mult"] = head_lr_mult
+    return settings
