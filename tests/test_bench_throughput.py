@@ -107,3 +107,13 @@ def test_packed_and_padded_arms_collate_the_same_sequences_per_step():
     assert packed_steps == padded_steps
     assert window_digest(packed_steps[1:]) == expected
     assert window_digest(packed_steps[:2]) != expected  # another window (or order) is told apart
+
+
+def test_rewriting_the_page_keeps_what_was_written_around_the_generated_block():
+    from tools.bench_throughput.report import replace_generated_block
+
+    first = replace_generated_block("", "tables v1")
+    page = "intro by hand\n" + first + "\n## Against the targets\nanalysis by hand\n"
+    rewritten = replace_generated_block(page, "tables v2")
+    assert "tables v2" in rewritten and "tables v1" not in rewritten
+    assert rewritten.startswith("intro by hand\n") and rewritten.endswith("## Against the targets\nanalysis by hand\n")

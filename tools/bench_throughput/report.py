@@ -176,7 +176,20 @@ def write_docs(path: Path, all_results: list[dict], info: dict, settings: dict, 
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text(replace_generated_block(path.read_text() if path.exists() else "", "\n".join(lines)))
+
+
+GENERATED_START = "<!-- bench_throughput:generated start -->"
+GENERATED_END = "<!-- bench_throughput:generated end -->"
+
+
+def replace_generated_block(text: str, generated: str) -> str:
+    """The page with its generated block replaced; what is written around the markers by hand stays."""
+    block = f"{GENERATED_START}\n{generated}\n{GENERATED_END}"
+    if GENERATED_START in text and GENERATED_END in text:
+        before, rest = text.split(GENERATED_START, 1)
+        return before + block + rest.split(GENERATED_END, 1)[1]
+    return block + "\n"
 
 
 def settings_check(results: dict) -> str:

@@ -40,11 +40,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "head_lr_x10": (
         "the recipe, with the value head at 10x the trunk's learning rate",
-        {"head_lr_mult": 10.0},
+        {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none", "head_lr_mult": 10.0},
     ),
     "head_lr_x30": (
         "the recipe, with the value head at 30x the trunk's learning rate",
-        {"head_lr_mult": 30.0},
+        {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none", "head_lr_mult": 30.0},
     ),
     "head_zeros_no_clip": (
         "zero head, reward token 16, no gradient clipping",
