@@ -12,8 +12,16 @@ import os
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_name, "1")
 
+# Under pytest-xdist (`-n 2`, the README's command) every worker runs its own trainings: one torch thread
+# each, in the worker and in the processes it starts, so two workers do not crowd the cores with four.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from cli_runner import run_rmtrain  # noqa: E402
 from rmtrain.data.demo import build_demo_tokenizer  # noqa: E402
