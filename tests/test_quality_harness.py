@@ -115,10 +115,10 @@ def test_replace_block_replaces_only_its_own_block():
     assert report.replace_block(both, "real", "real table") == both  # a rerun changes nothing
 
 
-def test_every_variant_names_head_init_and_reward_token_and_gives_known_keys():
+def test_every_variant_names_what_the_recipe_changed_and_gives_known_keys():
     for name, (_, settings) in VARIANTS.items():
         if name != "recipe":
-            assert {"value_head_init", "reward_token_id"} <= set(settings), name
+            assert {"value_head_init", "reward_token_id", "penalty_type", "head_lr_mult"} <= set(settings), name
         arms.recipe_config("generated", variant_options(name))  # unknown keys would raise ConfigError
     assert variant_options("last_token")["train_dataloader.dataset.reward_token_id"] is None
     assert variant_options("last_token")["val_dataloader.dataset.reward_token_id"] is None

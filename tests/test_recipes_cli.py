@@ -361,3 +361,26 @@ def test_internlm2_qlora_recipe_keeps_xtuner_settings(no_downloads):
     assert cfg.optim_wrapper.optimizer.lr == 1e-4
     assert cfg.train_dataloader.dataset.use_varlen_attn is True and cfg.model.use_varlen_attn is True
     assert cfg.train_dataloader.dataset.max_packed_length == 4096 and cfg.optim_wrapper.accumulative_counts == 16
+
+
+def test_demo_recipe_trains_the_value_head_at_ten_times_the_trunk_learning_rate():
+    """The recipe's head_lr_mult reaches the optimizer: mmengine matches the `v_head` key to the head only."""
+    from mmengine.optim import build_optim_wrapper
+    from torch import nn
+
+    from rmtrain.config import load_config
+
+    cfg = load_config("smollm2_135m_instruct_reward_full_demo")
+
+    class Shaped(nn.Module):  # the parameter names of a RewardModel: the trunk under `model`, the head `v_head`
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+            self.v_head = nn.Linear(4, 1, bias=False)
+
+    module = Shaped()
+    optimizer = build_optim_wrapper(module, cfg.optim_wrapper).optimizer
+    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    base = cfg.optim_wrapper.optimizer.lr
+    assert lr_of[id(module.v_head.weight)] == pytest.approx(10 * base)
+    assert [lr_of[id(param)] for param in module.model.parameters()] == pytest.approx([base] * 4)

@@ -52,6 +52,47 @@ def bench_pairs(name: str, tokenizer_dir: Path, cache: Path, data_root: Path) ->
     return [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(pairs["chosen_ids"], pairs["rejected_ids"])]
 
 
+def bench_reward_model(mode: str):
+    """The benchmark's 10m Llama reward model (the same weights every call) and its AdamW, for `mode`."""
+    from transformers import LlamaConfig, LlamaModel
+
+    from rmtrain.model import RewardModel
+    from tools.bench_throughput.settings import MODEL_SIZES
+
+    config = LlamaConfig(vocab_size=32000, max_position_embeddings=1024, use_cache=False, **MODEL_SIZES["10m"])
+    torch.manual_seed(0)
+    trunk = LlamaModel(config)
+    trunk.config._attn_implementation = "sdpa"
+    model = RewardModel(trunk, use_varlen_attn=mode == "packed", use_activation_checkpointing=False).train()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+
+def timed_step(model, optimizer, data: dict) -> float:
+    """Seconds of one forward, backward and AdamW step under bf16 autocast."""
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(data, mode="loss")["loss"]
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def length_grouped_batches(pairs: list[dict], pairs_per_batch: int, count: int) -> list[list[dict]]:
+    """The first `count` batches rmtrain's LengthGroupedSampler (seed 0) makes of `pairs`."""
+    from rmtrain.data.packing import LengthGroupedSampler
+
+    class Lengths:  # what the sampler reads
+        pass
+
+    Lengths.pairs = {
+        "chosen_ids": [p["chosen_ids"] for p in pairs],
+        "rejected_ids": [p["rejected_ids"] for p in pairs],
+    }
+    order = list(LengthGroupedSampler(Lengths(), batch_size=pairs_per_batch, seed=0))
+    return [[pairs[i] for i in order[b * pairs_per_batch : (b + 1) * pairs_per_batch]] for b in range(count)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="demo,hh,ultrafeedback")
@@ -62,53 +103,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from transformers import LlamaConfig, LlamaModel
-
     from rmtrain.data import preference_collate_fn
-    from rmtrain.data.packing import LengthGroupedSampler
-    from rmtrain.model import RewardModel
     from tools.bench_throughput.inputs import build_tokenizer
-    from tools.bench_throughput.settings import DEFAULT_DATA_ROOT, MODEL_SIZES
+    from tools.bench_throughput.settings import DEFAULT_DATA_ROOT
 
     cache = ROOT / "work_dirs" / "bench_throughput" / "cache"
     data_root = Path(DEFAULT_DATA_ROOT)
     tokenizer_dir = build_tokenizer(data_root, 32000, cache)
-    config = LlamaConfig(vocab_size=32000, max_position_embeddings=1024, use_cache=False, **MODEL_SIZES["10m"])
-    torch.manual_seed(0)
-    models = {}
-    for mode in ("padded", "packed"):
-        torch.manual_seed(0)
-        trunk = LlamaModel(config)
-        trunk.config._attn_implementation = "sdpa"
-        model = RewardModel(trunk, use_varlen_attn=mode == "packed", use_activation_checkpointing=False).train()
-        models[mode] = (model, torch.optim.AdamW(model.parameters(), lr=1e-5))
+    models = {mode: bench_reward_model(mode) for mode in ("padded", "packed")}
 
     def step(mode: str, data: dict) -> float:
-        model, optimizer = models[mode]
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(data, mode="loss")["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+        return timed_step(*models[mode], data)
 
     print(f"{'data':14s} {'padding':>8s} {'mean len':>9s} {'padded/packed time':>19s}  per batch")
     for name in args.datasets.split(","):
         pairs = bench_pairs(name, tokenizer_dir, cache, data_root)
-
-        class Lengths:  # what the sampler reads
-            pass
-
-        Lengths.pairs = {
-            "chosen_ids": [p["chosen_ids"] for p in pairs],
-            "rejected_ids": [p["rejected_ids"] for p in pairs],
-        }
-        order = list(LengthGroupedSampler(Lengths(), batch_size=args.pairs, seed=0))
         real = slots = 0
         ratios, lengths = [], []
-        for b in range(args.batches):
-            batch = [pairs[i] for i in order[b * args.pairs : (b + 1) * args.pairs]]
+        for batch in length_grouped_batches(pairs, args.pairs, args.batches):
             padded = preference_collate_fn(batch, pad_token_id=0)["data"]
             packed = preference_collate_fn([batch])["data"]
             real += padded["num_tokens"]

@@ -15,7 +15,6 @@ what a run pays once; the steady ratio is what it gets back per step.
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +22,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.bench_batching_mode import bench_pairs  # noqa: E402  (after the path is set)
+from tools.bench_batching_mode import (  # noqa: E402  (after the path is set)
+    bench_pairs,
+    bench_reward_model,
+    length_grouped_batches,
+    timed_step,
+)
 
 
 def main(argv=None) -> int:
@@ -37,52 +41,28 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from transformers import LlamaConfig, LlamaModel
-
     from rmtrain.data import preference_collate_fn
-    from rmtrain.data.packing import LengthGroupedSampler
-    from rmtrain.model import RewardModel
     from tools.bench_throughput.inputs import build_tokenizer
-    from tools.bench_throughput.settings import DEFAULT_DATA_ROOT, MODEL_SIZES
+    from tools.bench_throughput.settings import DEFAULT_DATA_ROOT
 
     cache = ROOT / "work_dirs" / "bench_throughput" / "cache"
     data_root = Path(DEFAULT_DATA_ROOT)
     tokenizer_dir = build_tokenizer(data_root, 32000, cache)
-    config = LlamaConfig(vocab_size=32000, max_position_embeddings=1024, use_cache=False, **MODEL_SIZES["10m"])
 
     def build(mode: str, compiled: bool):
-        torch.manual_seed(0)
-        trunk = LlamaModel(config)
-        trunk.config._attn_implementation = "sdpa"
-        model = RewardModel(trunk, use_varlen_attn=mode == "packed", use_activation_checkpointing=False).train()
+        model, optimizer = bench_reward_model(mode)
         if compiled:
             model.model = torch.compile(model.model, dynamic=True)
-        return model, torch.optim.AdamW(model.parameters(), lr=1e-5)
+        return model, optimizer
 
     def step(arm, data: dict) -> float:
-        model, optimizer = arm
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(data, mode="loss")["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+        return timed_step(*arm, data)
 
     print(f"torch {torch.__version__}, {args.threads} thread(s), 10m model, {args.pairs} pairs per batch")
     print(f"{'data':14s} {'mode':7s} {'compile s':>9s} {'recompiled':>10s} {'eager/compiled':>15s}  per batch")
     for name in args.datasets.split(","):
         pairs = bench_pairs(name, tokenizer_dir, cache, data_root)
-
-        class Lengths:  # what the sampler reads
-            pass
-
-        Lengths.pairs = {
-            "chosen_ids": [p["chosen_ids"] for p in pairs],
-            "rejected_ids": [p["rejected_ids"] for p in pairs],
-        }
-        order = list(LengthGroupedSampler(Lengths(), batch_size=args.pairs, seed=0))
-        batches = [[pairs[i] for i in order[b * args.pairs : (b + 1) * args.pairs]] for b in range(args.batches)]
+        batches = length_grouped_batches(pairs, args.pairs, args.batches)
         for mode in args.modes.split(","):
             arms = {"eager": build(mode, False), "compiled": build(mode, True)}
             ratios, first_steps, recompiled = [], [], 0

@@ -85,7 +85,8 @@ def suite_tables(results: list[dict], suite: str, variants: list[str]) -> list[s
                 cells.append("-")
                 continue
             seeds = diff["seeds"]
-            cells.append(f"{diff['mean']:+.3f} ({diff['sd']:.3f}) [{diff['min']:+.3f}, {diff['max']:+.3f}]")
+            mean = round(diff["mean"], 9) + 0.0  # a sum of differences that cancels prints as +0.000, not -0.000
+            cells.append(f"{mean:+.3f} ({diff['sd']:.3f}) [{diff['min']:+.3f}, {diff['max']:+.3f}]")
         if seeds:
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {','.join(map(str, seeds))} |")
     return lines

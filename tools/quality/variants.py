@@ -1,8 +1,9 @@
 """Named variants of the demo recipe for the rmtrain arm: each is a set of cfg-options, nothing else.
 
-Every variant names the settings it studies explicitly (head init and reward token at least), so its
-meaning does not move when the recipe's defaults change; "recipe" is the recipe as committed. A result is
-cached under the effective settings (`effective_settings`), so two names for the same settings share runs.
+Every variant names the settings the recipe has changed since the harness began (head init, reward token,
+penalty, head learning rate), so its meaning does not move when the recipe's defaults change; "recipe" is
+the recipe as committed. A result is cached under the effective settings (`effective_settings`), so two
+names for the same settings share runs.
 """
 
 from __future__ import annotations
@@ -16,43 +17,70 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "recipe": ("the demo recipe as committed", {}),
     "head_zeros": (
         "the recipe as shipped before: zero head, score at reward token 16, log-barrier penalty",
-        {"value_head_init": "zeros", "reward_token_id": XTUNER_REWARD_TOKEN},
+        {
+            "value_head_init": "zeros",
+            "reward_token_id": XTUNER_REWARD_TOKEN,
+            "penalty_type": "log_barrier",
+            "head_lr_mult": 1.0,
+        },
     ),
     "head_normal": (
         "random normal(0, 0.02) head, score at reward token 16",
-        {"value_head_init": "normal", "reward_token_id": XTUNER_REWARD_TOKEN},
+        {
+            "value_head_init": "normal",
+            "reward_token_id": XTUNER_REWARD_TOKEN,
+            "penalty_type": "log_barrier",
+            "head_lr_mult": 1.0,
+        },
     ),
     "last_token": (
         "zero head, score at the template's last token (no reward token)",
-        {"value_head_init": "zeros", "reward_token_id": None},
+        {"value_head_init": "zeros", "reward_token_id": None, "penalty_type": "log_barrier", "head_lr_mult": 1.0},
     ),
     "head_normal_last_token": (
         "random head and the template's last token",
-        {"value_head_init": "normal", "reward_token_id": None},
+        {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "log_barrier", "head_lr_mult": 1.0},
     ),
     "head_normal_no_penalty": (
         "random head, reward token 16, no log-barrier penalty",
-        {"value_head_init": "normal", "reward_token_id": XTUNER_REWARD_TOKEN, "penalty_type": "none"},
+        {
+            "value_head_init": "normal",
+            "reward_token_id": XTUNER_REWARD_TOKEN,
+            "penalty_type": "none",
+            "head_lr_mult": 1.0,
+        },
     ),
     "head_normal_last_token_no_penalty": (
-        "random head, the template's last token, no log-barrier penalty (TRL's choices)",
-        {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none"},
+        "random head, the template's last token, no log-barrier penalty, one learning rate (TRL's choices)",
+        {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none", "head_lr_mult": 1.0},
     ),
     "head_lr_x10": (
-        "the recipe, with the value head at 10x the trunk's learning rate",
+        "random head, the template's last token, no penalty, the head at 10x the trunk's learning rate (the recipe)",
         {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none", "head_lr_mult": 10.0},
     ),
     "head_lr_x30": (
-        "the recipe, with the value head at 30x the trunk's learning rate",
+        "random head, the template's last token, no penalty, the head at 30x the trunk's learning rate",
         {"value_head_init": "normal", "reward_token_id": None, "penalty_type": "none", "head_lr_mult": 30.0},
     ),
     "head_zeros_no_clip": (
         "zero head, reward token 16, no gradient clipping",
-        {"value_head_init": "zeros", "reward_token_id": XTUNER_REWARD_TOKEN, "max_norm": 1e9},
+        {
+            "value_head_init": "zeros",
+            "reward_token_id": XTUNER_REWARD_TOKEN,
+            "max_norm": 1e9,
+            "penalty_type": "log_barrier",
+            "head_lr_mult": 1.0,
+        },
     ),
     "head_zeros_focal": (
         "zero head, reward token 16, focal loss (XTuner's InternLM2 recipes)",
-        {"value_head_init": "zeros", "reward_token_id": XTUNER_REWARD_TOKEN, "loss_type": "focal"},
+        {
+            "value_head_init": "zeros",
+            "reward_token_id": XTUNER_REWARD_TOKEN,
+            "loss_type": "focal",
+            "penalty_type": "log_barrier",
+            "head_lr_mult": 1.0,
+        },
     ),
 }
 
