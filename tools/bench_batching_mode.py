@@ -52,6 +52,24 @@ def bench_pairs(name: str, tokenizer_dir: Path, cache: Path, data_root: Path) ->
     return [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(pairs["chosen_ids"], pairs["rejected_ids"])]
 
 
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """The options both step benchmarks share: batch size and count, repeats, threads."""
+    parser.add_argument("--pairs", type=int, default=8, help="pairs per batch (default 8)")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def bench_inputs() -> tuple[Path, Path, Path]:
+    """(tokenizer folder, cache folder, data root) of tools/bench_throughput, the tokenizer built once."""
+    from tools.bench_throughput.inputs import build_tokenizer
+    from tools.bench_throughput.settings import DEFAULT_DATA_ROOT
+
+    cache = ROOT / "work_dirs" / "bench_throughput" / "cache"
+    data_root = Path(DEFAULT_DATA_ROOT)
+    return build_tokenizer(data_root, 32000, cache), cache, data_root
+
+
 def bench_reward_model(mode: str):
     """The benchmark's 10m Llama reward model (the same weights every call) and its AdamW, for `mode`."""
     from transformers import LlamaConfig, LlamaModel
@@ -96,20 +114,13 @@ def length_grouped_batches(pairs: list[dict], pairs_per_batch: int, count: int) 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="demo,hh,ultrafeedback")
-    parser.add_argument("--pairs", type=int, default=8, help="pairs per batch (default 8)")
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    add_batch_options(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from rmtrain.data import preference_collate_fn
-    from tools.bench_throughput.inputs import build_tokenizer
-    from tools.bench_throughput.settings import DEFAULT_DATA_ROOT
 
-    cache = ROOT / "work_dirs" / "bench_throughput" / "cache"
-    data_root = Path(DEFAULT_DATA_ROOT)
-    tokenizer_dir = build_tokenizer(data_root, 32000, cache)
+    tokenizer_dir, cache, data_root = bench_inputs()
     models = {mode: bench_reward_model(mode) for mode in ("padded", "packed")}
 
     def step(mode: str, data: dict) -> float:

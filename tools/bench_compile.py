@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.bench_batching_mode import (  # noqa: E402  (after the path is set)
+    add_batch_options,
+    bench_inputs,
     bench_pairs,
     bench_reward_model,
     length_grouped_batches,
@@ -34,20 +36,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="hh")
     parser.add_argument("--modes", default="padded,packed")
-    parser.add_argument("--pairs", type=int, default=8, help="pairs per batch (default 8)")
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    add_batch_options(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from rmtrain.data import preference_collate_fn
-    from tools.bench_throughput.inputs import build_tokenizer
-    from tools.bench_throughput.settings import DEFAULT_DATA_ROOT
 
-    cache = ROOT / "work_dirs" / "bench_throughput" / "cache"
-    data_root = Path(DEFAULT_DATA_ROOT)
-    tokenizer_dir = build_tokenizer(data_root, 32000, cache)
+    tokenizer_dir, cache, data_root = bench_inputs()
 
     def build(mode: str, compiled: bool):
         model, optimizer = bench_reward_model(mode)
