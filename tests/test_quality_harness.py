@@ -122,3 +122,20 @@ def test_every_variant_names_what_the_recipe_changed_and_gives_known_keys():
         arms.recipe_config("generated", variant_options(name))  # unknown keys would raise ConfigError
     assert variant_options("last_token")["train_dataloader.dataset.reward_token_id"] is None
     assert variant_options("last_token")["val_dataloader.dataset.reward_token_id"] is None
+
+
+def test_report_names_rows_by_the_settings_the_variants_mean_now():
+    from tools.quality.__main__ import name_rows_by_settings, run_key
+    from tools.quality.variants import effective_settings
+
+    now = effective_settings(arms.recipe_config("generated", variant_options("head_lr_x10")))
+    gone = {**now, "lr": 1.0}  # settings no variant trains any more
+    results = [
+        {"suite": "generated", "arm": "rmtrain", "seed": 0, "key": run_key("generated", "rmtrain", 0, now), "variants": ["recipe_then"]},
+        {"suite": "generated", "arm": "rmtrain", "seed": 0, "key": run_key("generated", "rmtrain", 0, gone), "variants": ["old"]},
+        {"suite": "generated", "arm": "trl", "seed": 0, "key": run_key("generated", "trl", 0, None), "variants": ["trl"]},
+    ]  # fmt: skip
+    name_rows_by_settings(results, "generated")
+    assert set(results[0]["variants"]) == {"recipe", "head_lr_x10"}  # the recipe trains the head at 10x now
+    assert results[1]["variants"] == ["old"]
+    assert results[2]["variants"] == ["trl"]

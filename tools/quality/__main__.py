@@ -42,6 +42,17 @@ def run_key(suite: str, arm: str, seed: int, settings: dict | None) -> str:
     return json.dumps([suite, arm, seed, settings], sort_keys=True)
 
 
+def name_rows_by_settings(results: list[dict], suite: str) -> None:
+    """Label each rmtrain row of `suite` with every variant that trains its settings as VARIANTS and the recipe
+    define them now (the settings are in the row's key), so a change of the recipe moves the name "recipe"
+    to the runs it now means. A row no variant matches any more keeps the names it was run under."""
+    settings_of = {name: effective_settings(arms.recipe_config(suite, variant_options(name))) for name in VARIANTS}
+    for row in results:
+        if row["suite"] == suite and row["arm"] == "rmtrain":
+            settings = json.loads(row["key"])[3]
+            row["variants"] = [name for name, s in settings_of.items() if s == settings] or row["variants"]
+
+
 def find(results: list[dict], key: str) -> dict | None:
     return next((row for row in results if row["key"] == key), None)
 
@@ -75,9 +86,6 @@ def main(argv=None) -> int:
         done = find(results, key)
         label = f"{args.suite} {arm} {variant or ''} seed {seed}"
         if done is not None:
-            if variant and variant not in done["variants"]:
-                done["variants"].append(variant)
-                save_results(results_path, results)
             print(f"cached: {label}", flush=True)
             continue
         run_dir = str(WORK_DIR / "runs" / f"{args.suite}_{arm}_{variant or 'trl'}_seed{seed}")
@@ -96,6 +104,7 @@ def main(argv=None) -> int:
         )
         print(f"done: {label}: {summary}; {row['train']['step_s']:.2f} s/step, {row['harness_s']:.0f} s", flush=True)
 
+    name_rows_by_settings(results, args.suite)
     listed = [v for v in VARIANTS if any(v in row["variants"] for row in results if row["suite"] == args.suite)]
     lines = report.suite_tables(results, args.suite, listed)
     print("\n".join(lines))
