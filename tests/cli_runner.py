@@ -16,12 +16,15 @@ def run_rmtrain(
 
     nproc > 1 sets NPROC_PER_NODE (torchrun). `pythonpath`: folders put in front of PYTHONPATH (for
     map functions or hooks that a test's config imports). `env`: extra variables. Collectives time
-    out after 2 minutes, so a broken multi-process test fails instead of hanging. check=True raises
+    out after 2 minutes, so a broken multi-process test fails instead of hanging; a process that dies
+    of a signal prints its Python stacks (faulthandler). check=True raises
     with the end of stderr when the command fails. new_session: the command gets its own process group
     (one a test may kill whole).
     """
     environment = {key: value for key, value in os.environ.items() if key not in _LAUNCH_VARIABLES}
     environment["RMTRAIN_DIST_TIMEOUT_MINUTES"] = "2"
+    # A process killed by a signal (a C++ abort in gloo, a segfault) prints its Python stacks first.
+    environment["PYTHONFAULTHANDLER"] = "1"
     if nproc > 1:
         environment["NPROC_PER_NODE"] = str(nproc)
     folders = [str(folder) for folder in ([pythonpath] if isinstance(pythonpath, (str, Path)) else pythonpath)]

@@ -42,11 +42,19 @@ def train(config: Path, work_dir: Path, *args, nproc: int = 1, new_session: bool
     )  # fmt: skip
 
 
+# What a rank prints when it fails: a Python exception, or a C++ one that aborts it (gloo's
+# "terminate called after throwing ... what(): [enforce fail ...]"), or faulthandler's stacks.
+FAILURE_MARKS = ("Error", "Exception", "terminate called", "what()", "Fatal Python error", 'File "')
+
+
 def failure(result) -> str:
     """The lines of a failed run that name an error, then the end of its output."""
     lines = result.stderr.splitlines()
-    errors = [line for line in lines if "Error" in line and "elastic" not in line and "ChildFailed" not in line]
-    return "\n".join(errors[-20:] + lines[-15:])
+    errors = [
+        line for line in lines
+        if any(mark in line for mark in FAILURE_MARKS) and "elastic" not in line and "ChildFailed" not in line
+    ]  # fmt: skip
+    return "\n".join(errors[-40:] + lines[-15:])
 
 
 def logged(work_dir: Path, key: str) -> list[float]:
