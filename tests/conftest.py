@@ -1,8 +1,8 @@
 """Shared fixtures: the offline demo tokenizer, a tiny randomly initialised Llama trunk, and the
 `rmtrain_cli` runner that every test starting the command line in a fresh process uses.
 
-Tests that train in a subprocess, start several processes or read ../shared/data carry the `slow`
-marker: `python3 -m pytest -q tests -m "not slow"` is the fast tier.
+Tests that train in a subprocess, start several processes, compile with torch.compile or read
+../shared/data carry the `slow` marker: `python3 -m pytest -q tests -m "not slow"` is the fast tier.
 """
 
 import os

@@ -42,6 +42,19 @@ def test_rmtrain_arm_builds_the_sampler_the_harness_orders_with():
     assert set(sampler) == {"type", "batch_size", "seed"}  # nothing else changes the order
 
 
+def test_rmtrain_arm_validates_and_saves_only_after_its_last_timed_step_and_trains_the_same():
+    """TRL's arm saves and validates nothing mid-run; rmtrain's arm must not either, or its s/step counts more work."""
+    from tools.quality.variants import effective_settings
+
+    recipe = arms.recipe_config("generated", {})
+    same_work = arms.recipe_config("generated", arms.SAME_WORK_OPTIONS)
+    steps = recipe.num_pairs // recipe.train_dataloader.batch_size
+    assert recipe.train_cfg.val_interval < steps and recipe.default_hooks.checkpoint.interval < steps
+    assert same_work.train_cfg.val_interval > steps and same_work.default_hooks.checkpoint.interval > steps
+    assert same_work.default_hooks.checkpoint.get("save_last", True)  # the final checkpoint, the one scored
+    assert effective_settings(same_work) == effective_settings(recipe)
+
+
 def test_training_order_is_the_seeded_sampler_order_and_changes_with_the_seed():
     lengths = [(3 + i % 7, 2 + i % 3) for i in range(64)]
     pairs = _Pairs(lengths, list(range(64)))

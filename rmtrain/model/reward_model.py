@@ -114,6 +114,11 @@ class RewardModel(BaseModel):
             `llm=dict(..., quantization_config=dict(type=BitsAndBytesConfig, ...))` the frozen trunk is
             4- or 8-bit (QLoRA). The state dict then holds only what is trained, and the base model's
             identity (see rmtrain.checkpoints.base_model_identity).
+        compile_trunk: compile the trunk with `torch.compile(dynamic=True)` (in place: the state dict
+            keeps its keys, so checkpoints and export are unchanged). The compile happens at the first
+            forward pass and costs about a minute on a CPU; a batch of a new shape can compile again.
+            Pays on long runs only: see docs/benchmarks.md ("torch.compile of the trunk"). Not with
+            sequence parallelism (its attention exchanges activations between processes).
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class RewardModel(BaseModel):
         use_varlen_attn: bool = False,
         lora=None,
         value_head_init: str = "normal",
+        compile_trunk: bool = False,
     ):
         super().__init__()
         if loss_type not in LOSS_TYPES:
@@ -135,6 +141,8 @@ class RewardModel(BaseModel):
             raise ConfigError(f"penalty_type must be one of {PENALTY_TYPES}, got '{penalty_type}'")
         if value_head_init not in VALUE_HEAD_INITS:
             raise ConfigError(f"value_head_init must be one of {VALUE_HEAD_INITS}, got '{value_head_init}'")
+        if compile_trunk and sequence_parallel_size() > 1:
+            raise ConfigError("model.compile_trunk=True does not work with sequence_parallel_size > 1")
         quantized = lora_trunk.is_quantized(llm)
         if quantized:
             if lora is None:
@@ -186,6 +194,9 @@ class RewardModel(BaseModel):
             self._frozen_keys = set(super().state_dict()) - self._saved_keys
             self.register_load_state_dict_post_hook(_forgive_frozen_keys)
         self.register_load_state_dict_pre_hook(_check_checkpoint_kind)
+        if compile_trunk:
+            # Batches change shape every step (length-grouped or packed): a static compile would recompile each.
+            self.model.compile(dynamic=True)
 
     def state_dict(self, *args, **kwargs):
         """Everything (full training), or only what LoRA training changes: adapters, head, base-model identity."""

@@ -29,6 +29,11 @@ from tools.quality.variants import effective_settings, variant_options
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WARMUP_RATIO = 0.05  # the recipe's warmup_ratio (a settings variable, so not readable from the loaded config)
 SCORE_BATCH_PAIRS = 16
+# The same work in both arms' step times: TRL's arm validates and saves nothing before its last step, so
+# rmtrain's arm does not either. The recipe validates halfway and saves every 50 steps; mmengine's timer
+# counts a save (and the end of a validation) in the next step's time. Training itself is unchanged: the
+# final checkpoint (saved after the last timed step, as the recipe does) is the one scored.
+SAME_WORK_OPTIONS = {"train_cfg.val_interval": 10**6, "default_hooks.checkpoint.interval": 10**6}
 
 
 def recipe_config(suite: str, options: dict):
@@ -110,7 +115,8 @@ def run_rmtrain(suite: str, variant: str, seed: int, run_dir: str) -> dict:
     options = {**variant_options(variant), "train_dataloader.sampler.seed": seed}
     cfg = recipe_config(suite, options)
     command = [sys.executable, "-m", "rmtrain.cli", "train", RECIPE, "--work-dir", run_dir, "--seed", str(seed)]
-    command += ["--cfg-options", *(f"{k}={_option_text(v)}" for k, v in {**data_options(suite), **options}.items())]
+    cfg_options = {**data_options(suite), **options, **SAME_WORK_OPTIONS}
+    command += ["--cfg-options", *(f"{k}={_option_text(v)}" for k, v in cfg_options.items())]
     os.makedirs(run_dir, exist_ok=True)
     started = time.perf_counter()
     with open(os.path.join(run_dir, "train.log"), "w") as log:
