@@ -114,11 +114,12 @@ class RewardModel(BaseModel):
             `llm=dict(..., quantization_config=dict(type=BitsAndBytesConfig, ...))` the frozen trunk is
             4- or 8-bit (QLoRA). The state dict then holds only what is trained, and the base model's
             identity (see rmtrain.checkpoints.base_model_identity).
-        compile_trunk: compile the trunk with `torch.compile(dynamic=True)` (in place: the state dict
-            keeps its keys, so checkpoints and export are unchanged). The compile happens at the first
-            forward pass and costs about a minute on a CPU; a batch of a new shape can compile again.
-            Pays on long runs only: see docs/benchmarks.md ("torch.compile of the trunk"). Not with
-            sequence parallelism (its attention exchanges activations between processes).
+        compile_trunk: True compiles the trunk with `torch.compile(dynamic=True)`; a dict gives
+            `torch.compile`'s arguments (e.g. `dict(mode="max-autotune")`, `dynamic` defaults to True).
+            In place: the state dict keeps its keys, so checkpoints and export are unchanged. The compile
+            happens at the first forward pass and costs about a minute on a CPU; a batch of a new shape
+            can compile again. Pays on long runs only: see docs/benchmarks.md ("torch.compile of the
+            trunk"). Not with sequence parallelism (its attention exchanges activations between processes).
     """
 
     def __init__(
@@ -132,7 +133,7 @@ class RewardModel(BaseModel):
         use_varlen_attn: bool = False,
         lora=None,
         value_head_init: str = "normal",
-        compile_trunk: bool = False,
+        compile_trunk: bool | dict = False,
     ):
         super().__init__()
         if loss_type not in LOSS_TYPES:
@@ -196,7 +197,8 @@ class RewardModel(BaseModel):
         self.register_load_state_dict_pre_hook(_check_checkpoint_kind)
         if compile_trunk:
             # Batches change shape every step (length-grouped or packed): a static compile would recompile each.
-            self.model.compile(dynamic=True)
+            options = {"dynamic": True, **(compile_trunk if isinstance(compile_trunk, dict) else {})}
+            self.model.compile(**options)
 
     def state_dict(self, *args, **kwargs):
         """Everything (full training), or only what LoRA training changes: adapters, head, base-model identity."""
