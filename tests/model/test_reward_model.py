@@ -266,7 +266,7 @@ def _compile_pair_model(compile_trunk, packed: bool) -> RewardModel:
 
 # aot_eager traces forward and backward as inductor does, without generating code: seconds instead of the
 # minute inductor's C++ build takes per test. The default (inductor) passed this test on both batch kinds
-# when it was written (66 s each on 2 cores); docs/benchmarks.md has its speed.
+# when it was written (the padded one took 66 s on 2 cores); docs/benchmarks.md has its speed.
 @pytest.mark.slow  # dynamo and AOTAutograd: about 13 s per batch kind
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_compiled_trunk_trains_and_scores_like_the_eager_one_and_keeps_its_checkpoint_keys(packed):
