@@ -55,6 +55,31 @@ def test_rmtrain_arm_validates_and_saves_only_after_its_last_timed_step_and_trai
     assert effective_settings(same_work) == effective_settings(recipe)
 
 
+def test_rmtrain_arm_logs_every_step_so_both_arms_are_timed_over_the_same_steps():
+    from tools.quality.variants import effective_settings
+
+    recipe = arms.recipe_config("generated", {})
+    per_step = arms.recipe_config("generated", {**arms.SAME_WORK_OPTIONS, **arms.PER_STEP_LOG_OPTIONS})
+    assert recipe.default_hooks.logger.interval > 1 and recipe.log_processor.window_size > 1
+    assert per_step.default_hooks.logger.interval == 1 and per_step.log_processor.window_size == 1
+    assert effective_settings(per_step) == effective_settings(recipe)
+
+
+def test_mean_step_seconds_leaves_out_the_first_step():
+    assert arms.mean_step_seconds([30.0, 2.0, 4.0]) == 3.0
+    assert arms.mean_step_seconds([30.0]) is None
+
+
+def test_trl_step_end_times_are_the_gaps_between_step_ends(monkeypatch):
+    clock = iter([10.0, 13.0, 14.5, 17.5])
+    monkeypatch.setattr(arms.time, "perf_counter", lambda: next(clock))
+    callback = arms.step_end_times_callback()
+    callback.on_train_begin(None, None, None)
+    for _ in range(3):
+        callback.on_step_end(None, None, None)
+    assert callback.step_times() == [3.0, 1.5, 3.0]
+
+
 def test_training_order_is_the_seeded_sampler_order_and_changes_with_the_seed():
     lengths = [(3 + i % 7, 2 + i % 3) for i in range(64)]
     pairs = _Pairs(lengths, list(range(64)))

@@ -34,6 +34,16 @@ SCORE_BATCH_PAIRS = 16
 # counts a save (and the end of a validation) in the next step's time. Training itself is unchanged: the
 # final checkpoint (saved after the last timed step, as the recipe does) is the one scored.
 SAME_WORK_OPTIONS = {"train_cfg.val_interval": 10**6, "default_hooks.checkpoint.interval": 10**6}
+# The same window in both arms' step times: every step's own time (mmengine logs and smooths over 10 steps
+# by default; a run of 19 steps then logged steps 1-10 only), so both arms are timed over steps 2..N.
+PER_STEP_LOG_OPTIONS = {"default_hooks.logger.interval": 1, "log_processor.window_size": 1}
+LAST_WINDOW_STEPS = 10  # the reported last grad norm and margin: means over the last 10 steps
+
+
+def mean_step_seconds(step_times: list[float]) -> float | None:
+    """Mean time of steps 2..N: the first step's time holds the start of the training loop in either trainer."""
+    counted = step_times[1:]
+    return sum(counted) / len(counted) if counted else None
 
 
 def recipe_config(suite: str, options: dict):
@@ -91,6 +101,10 @@ def _bf16() -> bool:
 # ============================================================================ rmtrain
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _option_text(value) -> str:
     return "None" if value is None else str(value)
 
@@ -115,7 +129,7 @@ def run_rmtrain(suite: str, variant: str, seed: int, run_dir: str) -> dict:
     options = {**variant_options(variant), "train_dataloader.sampler.seed": seed}
     cfg = recipe_config(suite, options)
     command = [sys.executable, "-m", "rmtrain.cli", "train", RECIPE, "--work-dir", run_dir, "--seed", str(seed)]
-    cfg_options = {**data_options(suite), **options, **SAME_WORK_OPTIONS}
+    cfg_options = {**data_options(suite), **options, **SAME_WORK_OPTIONS, **PER_STEP_LOG_OPTIONS}
     command += ["--cfg-options", *(f"{k}={_option_text(v)}" for k, v in cfg_options.items())]
     os.makedirs(run_dir, exist_ok=True)
     started = time.perf_counter()
@@ -155,21 +169,20 @@ def run_rmtrain(suite: str, variant: str, seed: int, run_dir: str) -> dict:
         )
         metrics[name] = score(pairs)
 
-    train_rows = [row for row in _scalars(run_dir) if "grad_norm" in row]
-    step_times = [row["time"] for row in train_rows]
-    last = train_rows[-1] if train_rows else {}
+    train_rows = [row for row in _scalars(run_dir) if "grad_norm" in row]  # one row per step
+    last_window = train_rows[-LAST_WINDOW_STEPS:]
     for path in glob.glob(os.path.join(run_dir, "*.pth")):
         os.remove(path)  # ~1.6 GB each; the scores are kept instead
     return {
         "metrics": metrics,
         "settings": effective_settings(cfg),
         "train": {
-            "steps": last.get("iter"),
-            "step_s": sum(step_times) / len(step_times) if step_times else None,
+            "steps": train_rows[-1]["iter"] if train_rows else None,
+            "step_s": mean_step_seconds([row["time"] for row in train_rows]),
             "wall_s": wall,
-            "last_grad_norm": last.get("grad_norm"),
+            "last_grad_norm": _mean([row["grad_norm"] for row in last_window]),
             "grad_norms": [row["grad_norm"] for row in train_rows],
-            "last_margin": (last["chosen_score_mean"] - last["rejected_score_mean"]) if last else None,
+            "last_margin": _mean([row["chosen_score_mean"] - row["rejected_score_mean"] for row in last_window]),
         },
         "command": " ".join(command[1:]),
     }
@@ -234,6 +247,27 @@ def in_order_reward_trainer():
     return InOrderRewardTrainer
 
 
+def step_end_times_callback():
+    from transformers import TrainerCallback
+
+    class StepEndTimes(TrainerCallback):
+        """Each optimizer step's time, from the end of the one before (the first: from the start of training)."""
+
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.ends = [time.perf_counter()]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+        def step_times(self) -> list[float]:
+            return [end - start for start, end in zip(self.ends, self.ends[1:])]
+
+    return StepEndTimes()
+
+
 def trl_main(spec_path: str) -> None:
     """The TRL arm, in its own process: train with RewardTrainer, then score every eval set."""
     import datasets
@@ -284,7 +318,9 @@ def trl_main(spec_path: str) -> None:
     )
     if len(trainer.train_dataset) != len(spec["train_records"]):
         raise SystemExit(f"TRL dropped pairs longer than max_length: {len(trainer.train_dataset)} left")
-    output = trainer.train()
+    step_ends = step_end_times_callback()
+    trainer.add_callback(step_ends)
+    trainer.train()
 
     collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)
     trainer.args.max_length = None  # score whole eval conversations (the suites keep only ones that fit)
@@ -309,7 +345,7 @@ def trl_main(spec_path: str) -> None:
         "settings": {"trl": __import__("trl").__version__, "lr": spec["lr"], "batch_size": spec["batch_size"]},
         "train": {
             "steps": trainer.state.global_step,
-            "step_s": output.metrics["train_runtime"] / max(1, trainer.state.global_step),
+            "step_s": mean_step_seconds(step_ends.step_times()),
             "last_grad_norm": logs[-1]["grad_norm"] if logs else None,
             "grad_norms": [row["grad_norm"] for row in logs],
             "last_margin": logs[-1].get("margin") if logs else None,
