@@ -268,16 +268,12 @@ def step_end_times_callback():
     return StepEndTimes()
 
 
-def trl_main(spec_path: str) -> None:
-    """The TRL arm, in its own process: train with RewardTrainer, then score every eval set."""
+def build_trl_trainer(spec: dict, output_dir: str, optim: str = "adamw_torch"):
+    """RewardTrainer on a fresh SmolLM2 sequence classifier, with the spec's budget, walking its records in order."""
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig
-    from trl.trainer.reward_trainer import DataCollatorForPreference
-
-    with open(spec_path) as handle:
-        spec = json.load(handle)
 
     set_seed(spec["seed"])  # the score head is drawn when the model is built
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
@@ -285,7 +281,7 @@ def trl_main(spec_path: str) -> None:
         spec["model_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
     )
     args = RewardConfig(
-        output_dir=os.path.join(spec["run_dir"], "trl_out"),
+        output_dir=output_dir,
         max_steps=spec["steps"],
         per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=1,
@@ -296,7 +292,7 @@ def trl_main(spec_path: str) -> None:
         adam_beta1=spec["betas"][0],
         adam_beta2=spec["betas"][1],
         max_grad_norm=spec["max_norm"],
-        optim="adamw_torch",
+        optim=optim,  # the harness: torch.optim.AdamW, as rmtrain's recipe builds it
         bf16=spec["bf16"],
         activation_checkpointing=False,  # TRL recomputes activations by default; the recipe does not (same math)
         max_length=spec["max_length"],
@@ -310,12 +306,25 @@ def trl_main(spec_path: str) -> None:
         seed=spec["seed"],
         data_seed=spec["seed"],
     )
-    trainer = in_order_reward_trainer()(
+    return in_order_reward_trainer()(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(spec["train_records"]),
         processing_class=tokenizer,
     )
+
+
+def trl_main(spec_path: str) -> None:
+    """The TRL arm, in its own process: train with RewardTrainer, then score every eval set."""
+    import datasets
+    import torch
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+
+    trainer = build_trl_trainer(spec, os.path.join(spec["run_dir"], "trl_out"))
+    tokenizer = trainer.processing_class
     if len(trainer.train_dataset) != len(spec["train_records"]):
         raise SystemExit(f"TRL dropped pairs longer than max_length: {len(trainer.train_dataset)} left")
     step_ends = step_end_times_callback()

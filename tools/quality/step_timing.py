@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from tools.quality.arms import in_order_reward_trainer, recipe_config, trl_spec
+from tools.quality.arms import build_trl_trainer, recipe_config, trl_spec
 
 ARMS = ("rmtrain", "trl", "rmtrain_fused", "trl_fused")
 
@@ -59,44 +59,8 @@ class RmtrainArm:
 
 class TrlArm:
     def __init__(self, seed: int, fused: bool, run_dir: str):
-        import datasets
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
-        from trl import RewardConfig
-
         spec = trl_spec("generated", seed, run_dir)
-        set_seed(seed)
-        tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-        model = AutoModelForSequenceClassification.from_pretrained(
-            spec["model_dir"], num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
-        )
-        args = RewardConfig(
-            output_dir=run_dir,
-            max_steps=spec["steps"],
-            per_device_train_batch_size=spec["batch_size"],
-            learning_rate=spec["lr"],
-            lr_scheduler_type="cosine",
-            warmup_steps=spec["warmup_steps"],
-            weight_decay=spec["weight_decay"],
-            adam_beta1=spec["betas"][0],
-            adam_beta2=spec["betas"][1],
-            max_grad_norm=spec["max_norm"],
-            optim="adamw_torch_fused" if fused else "adamw_torch",
-            bf16=spec["bf16"],
-            activation_checkpointing=False,
-            max_length=spec["max_length"],
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            use_cpu=True,
-            seed=seed,
-            data_seed=seed,
-        )
-        self.trainer = in_order_reward_trainer()(
-            model=model,
-            args=args,
-            train_dataset=datasets.Dataset.from_list(spec["train_records"]),
-            processing_class=tokenizer,
-        )
+        self.trainer = build_trl_trainer(spec, run_dir, optim="adamw_torch_fused" if fused else "adamw_torch")
         trainer = self.trainer
         trainer.create_optimizer_and_scheduler(num_training_steps=spec["steps"])
         # What Trainer.train does before its loop: accelerate wraps the forward in the bf16 autocast.
