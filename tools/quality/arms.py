@@ -40,10 +40,13 @@ PER_STEP_LOG_OPTIONS = {"default_hooks.logger.interval": 1, "log_processor.windo
 LAST_WINDOW_STEPS = 10  # the reported last grad norm and margin: means over the last 10 steps
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def mean_step_seconds(step_times: list[float]) -> float | None:
     """Mean time of steps 2..N: the first step's time holds the start of the training loop in either trainer."""
-    counted = step_times[1:]
-    return sum(counted) / len(counted) if counted else None
+    return _mean(step_times[1:])
 
 
 def recipe_config(suite: str, options: dict):
@@ -99,10 +102,6 @@ def _bf16() -> bool:
 
 
 # ============================================================================ rmtrain
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def _option_text(value) -> str:

@@ -18,7 +18,8 @@ speed reaches every arm alike. What one arm's step is:
 Arms: `rmtrain` (the recipe's `torch.optim.AdamW`), `trl` (`optim="adamw_torch"`, as the harness pins
 it), `rmtrain_fused` (the recipe with `AdamW(fused=True)`), `trl_fused` (`optim="adamw_torch_fused"`, the
 Trainer's default with torch >= 2.8). Prints each arm's median and mean step time and the median of the
-per-step ratios against the first arm. Training outcomes are not measured here (the harness does that).
+per-step ratios against the first arm, and names any arm whose steps held other real-token
+counts than the first arm's. Training outcomes are not measured here (the harness does that).
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ def main() -> None:
             f"| {name} | {statistics.median(times[name][counted]):.3f} | {statistics.fmean(times[name][counted]):.3f} "
             f"| {sum(tokens[name][counted]):,} | {statistics.median(ratios):.3f} |"
         )
-    if len({tuple(tokens[name]) for name in names if name.startswith("rmtrain")}) > 1:
-        print("note: the rmtrain arms read different tokens per step")
+    differing = [name for name in names if tokens[name] != tokens[first]]
+    if differing:  # the arms should train the same pairs; a trainer's template may add or drop a token
+        print(f"note: {', '.join(differing)} read other real-token counts per step than {first}")
 
 
 if __name__ == "__main__":
