@@ -38,6 +38,7 @@ def _train(args) -> int:
         resolve_deepspeed_config(args.deepspeed)  # in this process, not once per torchrun rank
     if args.launcher == "none" and torchrun_requested():
         return launch_with_torchrun(args.raw_argv)  # every process re-runs this command with --launcher pytorch
+    from rmtrain.engine.distributed import leave_process_group
     from rmtrain.engine.train import train
 
     train(
@@ -50,6 +51,7 @@ def _train(args) -> int:
         deepspeed=args.deepspeed,
         trust_checkpoint=args.trust_checkpoint,
     )
+    leave_process_group()
     return 0
 
 

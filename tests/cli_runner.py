@@ -43,6 +43,31 @@ def run_rmtrain(
     if check and result.returncode != 0:
         raise AssertionError(
             f"rmtrain {' '.join(map(str, args))} failed ({result.returncode}):\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+            f"{result.stdout[-1000:]}\n{failure_text(result)}"
         )
     return result
+
+
+# What a rank prints when it fails: a Python exception, a C++ one that aborts it (gloo's
+# "terminate called after throwing ... what(): [enforce fail ...]", glibc's "free(): ..."), or the
+# stacks faulthandler prints for a rank killed by a signal.
+_FAILURE_MARKS = (
+    "Error", "Exception", "terminate called", "what()", "Fatal Python error", 'File "', "Thread 0x",
+    "Current thread", "free()", "malloc", "Aborted", "Segmentation",
+)  # fmt: skip
+# torchrun's own report repeats what the ranks printed; faulthandler's module list says nothing.
+_NOISE = ("elastic", "ChildFailed", "Extension modules")
+
+
+def failure_text(result, errors: int = 60, tail: int = 15) -> str:
+    """The lines of a failed run's stderr that name an error or a stack, then the end of its output.
+
+    A bare tail is not enough for a multi-process run: a rank's stack is followed by torchrun's
+    report and a module list of several thousand characters.
+    """
+    lines = result.stderr.splitlines()
+    named = [
+        line for line in lines
+        if any(mark in line for mark in _FAILURE_MARKS) and not any(noise in line for noise in _NOISE)
+    ]  # fmt: skip
+    return "\n".join(named[-errors:] + ["--- end of stderr ---"] + lines[-tail:])

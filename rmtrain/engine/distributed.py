@@ -33,6 +33,17 @@ def object_group():
     return _gloo_group_beside(dist.group.WORLD)
 
 
+def leave_process_group() -> None:
+    """At the end of a run: wait for every rank, then close the process group.
+
+    No rank's process then exits (tearing down its connections) while another still talks to it,
+    and the backends' threads stop before the interpreter does.
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def on_rank0_then_share(make):
     """Run `make()` on rank 0 only and hand its result (or its exception) to every rank.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_runner import run_rmtrain
+from cli_runner import failure_text, run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.engine.launch import first_slurm_host, slurm_environment, torchrun_command
 from rmtrain.errors import ConfigError
@@ -41,9 +41,9 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     one = config_variant(tmp_path, "one", batch_size=8)
     two = config_variant(tmp_path, "two", batch_size=4)
     a = rmtrain_train(one, tmp_path / "a")
-    assert a.returncode == 0, a.stderr[-3000:]
+    assert a.returncode == 0, failure_text(a)
     b = rmtrain_train(two, tmp_path / "b", nproc=2)
-    assert b.returncode == 0, b.stderr[-3000:]
+    assert b.returncode == 0, failure_text(b)
 
     loss_a, loss_b = logged(tmp_path / "a", "loss"), logged(tmp_path / "b", "loss")
     assert len(loss_a) == len(loss_b) == 8  # 64 pairs / 8 per step
@@ -69,7 +69,7 @@ def test_two_process_run_resumes_to_the_same_weights(tmp_path):
     assert crashed.returncode != 0
     assert (tmp_path / "b" / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
     resumed = rmtrain_train(full, tmp_path / "b", "--resume", "auto", nproc=2)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure_text(resumed)
     wa, wb = weights(tmp_path / "a" / "iter_12.pth"), weights(tmp_path / "b" / "iter_12.pth")
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
@@ -86,7 +86,7 @@ def test_a_dying_rank_ends_the_job_with_a_message_instead_of_a_hang(tmp_path):
     result = rmtrain_train(crash, tmp_path / "w", nproc=2, timeout=300)
     assert result.returncode != 0
     assert time.monotonic() - start < 240
-    assert "exitcode  : 17" in result.stderr or "exitcode: 17" in result.stderr, result.stderr[-2000:]
+    assert "exitcode  : 17" in result.stderr or "exitcode: 17" in result.stderr, failure_text(result)
 
 
 def test_torchrun_command_from_environment(monkeypatch):

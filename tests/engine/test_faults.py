@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_runner import run_rmtrain
+from cli_runner import failure_text, run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.checkpoints import load_checkpoint_file
 
@@ -49,17 +49,17 @@ def test_kill_during_a_checkpoint_write_with_one_kept_resumes_to_identical_weigh
     killed = recipe_variant(tmp_path, "killed", extra=KILL_HOOK, **variant)
 
     reference = _train(full, tmp_path / "a", nproc=nproc)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert reference.returncode == 0, failure_text(reference)
 
     work = tmp_path / "b"
     crash = _train(killed, work, nproc=nproc)
-    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    assert crash.returncode == -signal.SIGKILL, failure_text(crash)
     # The kill came while iteration 6 was being written: iteration 3's checkpoint is still there and complete.
     assert (work / "iter_3.pth").is_file() and not (work / "iter_6.pth").exists()
     assert (work / "last_checkpoint").read_text().strip().endswith("iter_3.pth")
 
     resumed = _train(full, work, "--resume", "auto", nproc=nproc)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure_text(resumed)
     assert "resumed epoch: 0, iter: 3" in resumed.stdout + resumed.stderr
     a, b = _final_weights(tmp_path / "a"), _final_weights(work)
     assert a.keys() == b.keys()

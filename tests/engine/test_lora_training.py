@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_runner import run_rmtrain
+from cli_runner import failure_text, run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.checkpoints import (
     BASE_IDENTITY_KEY,
@@ -64,7 +64,7 @@ def test_tiny_demo_learns_and_saves_only_adapters_and_head(tmp_path, kind):
         replacements=ZERO_HEAD,  # every score starts at 0 (loss ln 2), so a non-zero head shows that it trained
     )  # fmt: skip
     result = rmtrain_train(config, tmp_path / "work")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_text(result)
     rows = scalars(tmp_path / "work")
     losses = [row["loss"] for row in rows if "loss" in row]
     assert sum(losses[-2:]) / 2 < 0.8 * losses[0], losses
@@ -95,7 +95,7 @@ def test_lora_resume_after_crash_matches_uninterrupted_run(tmp_path):
     assert rmtrain_train(full, tmp_path / "a").returncode == 0
     assert rmtrain_train(crash, tmp_path / "b").returncode == 17
     resumed = rmtrain_train(full, tmp_path / "b", "--resume", "auto")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure_text(resumed)
     a, b = weights(tmp_path / "a" / "iter_24.pth"), weights(tmp_path / "b" / "iter_24.pth")
     assert a.keys() == b.keys()
     for key in tensors(a):
@@ -108,9 +108,9 @@ def test_lora_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     one = recipe_variant(tmp_path, "one", recipe=RECIPES["lora"], **dict(SMALL, batch_size=8))
     two = recipe_variant(tmp_path, "two", recipe=RECIPES["lora"], **SMALL)
     a = rmtrain_train(one, tmp_path / "a")
-    assert a.returncode == 0, a.stderr[-3000:]
+    assert a.returncode == 0, failure_text(a)
     b = rmtrain_train(two, tmp_path / "b", nproc=2)
-    assert b.returncode == 0, b.stderr[-3000:]
+    assert b.returncode == 0, failure_text(b)
     loss_a = [row["loss"] for row in scalars(tmp_path / "a") if "loss" in row]
     loss_b = [row["loss"] for row in scalars(tmp_path / "b") if "loss" in row]
     assert len(loss_a) == len(loss_b) == 8
@@ -123,9 +123,9 @@ def test_lora_zero2_on_two_processes_matches_one_process_without_deepspeed(tmp_p
     one = recipe_variant(tmp_path, "one", recipe=RECIPES["lora"], **dict(SMALL, batch_size=8))
     zero2 = recipe_variant(tmp_path, "zero2", recipe=RECIPES["lora"], **SMALL)
     a = rmtrain_train(one, tmp_path / "a")
-    assert a.returncode == 0, a.stderr[-3000:]
+    assert a.returncode == 0, failure_text(a)
     b = rmtrain_train(zero2, tmp_path / "b", "--deepspeed", "zero2", nproc=2)
-    assert b.returncode == 0, b.stderr[-3000:]
+    assert b.returncode == 0, failure_text(b)
     loss_a = [row["loss"] for row in scalars(tmp_path / "a") if "loss" in row]
     loss_b = [row["loss"] for row in scalars(tmp_path / "b") if "loss" in row]
     assert max(abs(x - y) for x, y in zip(loss_a, loss_b)) < 1e-4, (loss_a, loss_b)

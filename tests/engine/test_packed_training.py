@@ -1,6 +1,7 @@
 """Training on packed rows: one process, two processes (DDP), and a half-switched config."""
 
 import pytest
+from cli_runner import failure_text
 from test_distributed import config_variant, logged, rmtrain_train
 
 from rmtrain.config import load_config
@@ -13,7 +14,7 @@ PACKED = dict(use_varlen_attn=True, max_packed_length=512)
 def test_packed_run_trains_every_pair_and_logs_real_tokens(tmp_path):
     config = config_variant(tmp_path, "packed", **PACKED)
     result = rmtrain_train(config, tmp_path / "w")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_text(result)
     assert "packed into" in result.stdout + result.stderr
     pairs = logged(tmp_path / "w", "num_samples")
     tokens = logged(tmp_path / "w", "num_tokens")
@@ -28,7 +29,7 @@ def test_packed_run_trains_every_pair_and_logs_real_tokens(tmp_path):
 def test_packed_run_on_two_processes(tmp_path):
     config = config_variant(tmp_path, "packed_ddp", **PACKED)
     result = rmtrain_train(config, tmp_path / "w", nproc=2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_text(result)
     pairs = logged(tmp_path / "w", "num_samples")
     # Both ranks' bins are counted; bins are rounded up so every rank takes the same number of steps.
     assert sum(pairs) >= 64

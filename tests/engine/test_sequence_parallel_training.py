@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_runner import run_rmtrain
+from cli_runner import failure_text, run_rmtrain
 from recipe_variants import recipe_variant
 from rmtrain.checkpoints import deepspeed_model_state_dict, load_checkpoint_file
 
@@ -40,21 +40,6 @@ def train(config: Path, work_dir: Path, *args, nproc: int = 1, new_session: bool
         "train", config, "--work-dir", work_dir, *args, cwd=config.parent, nproc=nproc, pythonpath=HERE,
         check=False, timeout=600, new_session=new_session,
     )  # fmt: skip
-
-
-# What a rank prints when it fails: a Python exception, or a C++ one that aborts it (gloo's
-# "terminate called after throwing ... what(): [enforce fail ...]"), or faulthandler's stacks.
-FAILURE_MARKS = ("Error", "Exception", "terminate called", "what()", "Fatal Python error", 'File "')
-
-
-def failure(result) -> str:
-    """The lines of a failed run that name an error, then the end of its output."""
-    lines = result.stderr.splitlines()
-    errors = [
-        line for line in lines
-        if any(mark in line for mark in FAILURE_MARKS) and "elastic" not in line and "ChildFailed" not in line
-    ]  # fmt: skip
-    return "\n".join(errors[-40:] + lines[-15:])
 
 
 def logged(work_dir: Path, key: str) -> list[float]:
@@ -87,7 +72,7 @@ def padded_reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
     config = variant(folder, "reference", batch_size=8)
     result = train(config, folder / "work")
-    assert result.returncode == 0, failure(result)
+    assert result.returncode == 0, failure_text(result)
     return folder / "work"
 
 
@@ -95,7 +80,7 @@ def padded_reference(tmp_path_factory):
 def test_two_processes_splitting_rows_train_as_one_process_and_convert(tmp_path, padded_reference):
     config = variant(tmp_path, "sp2", batch_size=8, sequence_parallel_size=2)
     result = train(config, tmp_path / "work", nproc=2)
-    assert result.returncode == 0, failure(result)
+    assert result.returncode == 0, failure_text(result)
     assert_same_training(padded_reference, tmp_path / "work")
     assert max_difference(final_weights(padded_reference), final_weights(tmp_path / "work")) < 1e-4
 
@@ -103,7 +88,7 @@ def test_two_processes_splitting_rows_train_as_one_process_and_convert(tmp_path,
     converted = run_rmtrain(
         "convert", "pth_to_hf", config, tmp_path / "work" / "iter_8.pth", tmp_path / "hf", cwd=tmp_path, check=False
     )
-    assert converted.returncode == 0, converted.stderr[-3000:]
+    assert converted.returncode == 0, failure_text(converted)
     assert (tmp_path / "hf" / "config.json").is_file()
 
 
@@ -111,7 +96,7 @@ def test_two_processes_splitting_rows_train_as_one_process_and_convert(tmp_path,
 def test_two_data_parallel_groups_of_two_train_as_one_process(tmp_path, padded_reference):
     config = variant(tmp_path, "sp2dp2", batch_size=4, sequence_parallel_size=2)
     result = train(config, tmp_path / "work", nproc=4)
-    assert result.returncode == 0, failure(result)
+    assert result.returncode == 0, failure_text(result)
     assert_same_training(padded_reference, tmp_path / "work")
     assert max_difference(final_weights(padded_reference), final_weights(tmp_path / "work")) < 1e-4
 
@@ -122,10 +107,10 @@ def test_packed_rows_split_under_deepspeed_train_as_one_process(tmp_path):
     packed = dict(use_varlen_attn=True, max_packed_length=256, num_pairs=32)
     reference = variant(tmp_path, "reference", **packed)
     expected = train(reference, tmp_path / "a")
-    assert expected.returncode == 0, failure(expected)
+    assert expected.returncode == 0, failure_text(expected)
     config = variant(tmp_path, "sp2", sequence_parallel_size=2, **packed)
     got = train(config, tmp_path / "b", "--deepspeed", "zero2", nproc=2)
-    assert got.returncode == 0, failure(got)
+    assert got.returncode == 0, failure_text(got)
     losses_a, losses_b = logged(tmp_path / "a", "loss"), logged(tmp_path / "b", "loss")
     assert len(losses_a) == len(losses_b) > 0
     assert max(abs(a - b) for a, b in zip(losses_a, losses_b)) < 1e-4, (losses_a, losses_b)
@@ -144,14 +129,14 @@ def test_kill_and_resume_under_sequence_parallelism_ends_with_identical_weights(
     full = variant(tmp_path, "full", **settings)
     killed = variant(tmp_path, "killed", extra=KILL_HOOK, **settings)
     reference = train(full, tmp_path / "a", nproc=2, new_session=True)
-    assert reference.returncode == 0, failure(reference)
+    assert reference.returncode == 0, failure_text(reference)
 
     work = tmp_path / "b"
     crash = train(killed, work, nproc=2, new_session=True)
-    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    assert crash.returncode == -signal.SIGKILL, failure_text(crash)
     assert (work / "last_checkpoint").read_text().strip().endswith("iter_3.pth")
     resumed = train(full, work, "--resume", "auto", nproc=2, new_session=True)
-    assert resumed.returncode == 0, failure(resumed)
+    assert resumed.returncode == 0, failure_text(resumed)
     assert "resumed epoch: 0, iter: 3" in resumed.stdout + resumed.stderr
     a, b = final_weights(tmp_path / "a"), final_weights(work)
     assert a.keys() == b.keys()
@@ -175,6 +160,6 @@ def test_kill_and_resume_under_sequence_parallelism_ends_with_identical_weights(
 def test_start_up_checks_name_the_setting(tmp_path, settings, replacements, message):
     config = variant(tmp_path, "bad", replacements=replacements, **settings)
     result = train(config, tmp_path / "work")
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "sequence_parallel_size" in result.stderr and message in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2, failure_text(result)
+    assert "sequence_parallel_size" in result.stderr and message in result.stderr, failure_text(result)
     assert not list((tmp_path / "work").glob("*/vis_data"))  # stopped before training
