@@ -1,9 +1,9 @@
 """Training on packed rows: one process, two processes (DDP), and a half-switched config."""
 
 import pytest
-from cli_runner import failure_text
 from test_distributed import config_variant, logged, rmtrain_train
 
+from cli_runner import failure_text
 from rmtrain.config import load_config
 from rmtrain.errors import ConfigError
 
