@@ -10,6 +10,7 @@ parameters, which the optimizer's saved state is indexed by.
 """
 
 from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 
 def _settings(group: dict, defaults: dict | None = None) -> dict:
@@ -63,6 +64,9 @@ def merge_saved_groups(checkpoint: dict) -> None:
                 scheduler[key] = [value[i] for i in starts]
 
 
+# Registered so that the config rmtrain writes into the work folder names it as text, as it names
+# mmengine's constructors: a class put into a config at run time would not print as Python.
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """mmengine's constructor (paramwise_cfg, custom_keys, decay multipliers), with neighbouring equal groups merged."""
 
@@ -75,9 +79,10 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
 def use_merged_groups(cfg) -> None:
     """Build the optimizer's groups with MergedGroupsOptimWrapperConstructor unless the config names a constructor."""
-    cfg.optim_wrapper.setdefault("constructor", MergedGroupsOptimWrapperConstructor)
+    cfg.optim_wrapper.setdefault("constructor", MergedGroupsOptimWrapperConstructor.__name__)
 
 
 def merges_param_groups(cfg) -> bool:
     optim_wrapper = cfg.get("optim_wrapper") if cfg is not None else None
-    return bool(optim_wrapper) and optim_wrapper.get("constructor") is MergedGroupsOptimWrapperConstructor
+    constructor = optim_wrapper.get("constructor") if optim_wrapper else None
+    return constructor in (MergedGroupsOptimWrapperConstructor, MergedGroupsOptimWrapperConstructor.__name__)
