@@ -10,7 +10,6 @@ parameters, which the optimizer's saved state is indexed by.
 """
 
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 
 def _settings(group: dict, defaults: dict | None = None) -> dict:
@@ -64,9 +63,6 @@ def merge_saved_groups(checkpoint: dict) -> None:
                 scheduler[key] = [value[i] for i in starts]
 
 
-# Registered so that the config rmtrain writes into the work folder names it as text, as it names
-# mmengine's constructors: a class put into a config at run time would not print as Python.
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """mmengine's constructor (paramwise_cfg, custom_keys, decay multipliers), with neighbouring equal groups merged."""
 
@@ -79,10 +75,9 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
 def use_merged_groups(cfg) -> None:
     """Build the optimizer's groups with MergedGroupsOptimWrapperConstructor unless the config names a constructor."""
-    cfg.optim_wrapper.setdefault("constructor", MergedGroupsOptimWrapperConstructor.__name__)
+    cfg.optim_wrapper.setdefault("constructor", MergedGroupsOptimWrapperConstructor)
 
 
 def merges_param_groups(cfg) -> bool:
     optim_wrapper = cfg.get("optim_wrapper") if cfg is not None else None
-    constructor = optim_wrapper.get("constructor") if optim_wrapper else None
-    return constructor in (MergedGroupsOptimWrapperConstructor, MergedGroupsOptimWrapperConstructor.__name__)
+    return bool(optim_wrapper) and optim_wrapper.get("constructor") is MergedGroupsOptimWrapperConstructor
