@@ -27,7 +27,6 @@ from rmtrain.checkpoints import (
     restore_message_hub,
     write_resume_pointer,
 )
-from rmtrain.engine.param_groups import merge_saved_groups, merges_param_groups
 
 
 def _barrier() -> None:
@@ -47,8 +46,6 @@ class AtomicCheckpointHook(CheckpointHook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = restore_message_hub(checkpoint["message_hub"])
-        if merges_param_groups(runner.cfg):  # a checkpoint of an older rmtrain: one group per parameter
-            merge_saved_groups(checkpoint)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         outdated = None

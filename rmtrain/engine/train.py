@@ -40,7 +40,6 @@ from rmtrain.engine.hooks import GradientAccumulationStateHook, ResumeFitsModelH
 from rmtrain.engine.launch import free_port, init_distributed, torchrun_requested
 from rmtrain.engine.log_processor import RewardLogProcessor
 from rmtrain.engine.memory import check_gpu_memory
-from rmtrain.engine.param_groups import use_merged_groups
 from rmtrain.engine.sequence_parallel import setup_sequence_parallel, sharded_by_group
 from rmtrain.engine.validation import check_validation_config, validation_loop_config
 from rmtrain.errors import ConfigError
@@ -175,8 +174,6 @@ def _runner_class_and_kwargs(cfg, deepspeed: str | None, resume_from: str | None
     custom_hooks = list(cfg.get("custom_hooks") or []) + [GradientAccumulationStateHook(), ZeroGradientStopHook()]
     if resume_from:
         custom_hooks.append(ResumeFitsModelHook(resume_from))
-    # DeepSpeed runs keep mmengine's groups: their checkpoints from before the merge stay resumable.
-    use_merged_groups(cfg)
     return Runner, dict(model=cfg.model, optim_wrapper=cfg.optim_wrapper, custom_hooks=custom_hooks)
 
 
