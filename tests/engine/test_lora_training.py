@@ -58,9 +58,11 @@ ZERO_HEAD = [
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lora", "qlora"])
 def test_tiny_demo_learns_and_saves_only_adapters_and_head(tmp_path, kind):
-    # 640 pairs / 16 = 40 iterations; validation on the 71 held-out pairs at the end.
+    # 60 iterations of 16 pairs; validation on the 107 held-out pairs at the end. At 40 iterations the loss
+    # fell by only 13-25% (a fifth of the batches, the arithmetic ones, stay near chance that long): too
+    # close to the bound on a CPU without native bf16, where the recipe's "auto" trains in fp32.
     config = recipe_variant(
-        tmp_path, kind, recipe=RECIPES[kind], num_pairs=640, max_epochs=1, save_steps=40, val_interval=40,
+        tmp_path, kind, recipe=RECIPES[kind], num_pairs=960, max_epochs=1, save_steps=60, val_interval=60,
         replacements=ZERO_HEAD,  # every score starts at 0 (loss ln 2), so a non-zero head shows that it trained
     )  # fmt: skip
     result = rmtrain_train(config, tmp_path / "work")
@@ -69,11 +71,11 @@ def test_tiny_demo_learns_and_saves_only_adapters_and_head(tmp_path, kind):
     losses = [row["loss"] for row in rows if "loss" in row]
     assert sum(losses[-2:]) / 2 < 0.8 * losses[0], losses
     (accuracy,) = [row["val/accuracy"] for row in rows if "val/accuracy" in row]
-    assert accuracy >= 0.65, accuracy  # chance is 0.5; 0.65 of 71 held-out pairs is 2.5 standard errors above it
+    assert accuracy >= 0.65, accuracy  # chance is 0.5; 0.65 of 107 held-out pairs is 3 standard errors above it
     log = result.stdout + result.stderr + "".join(p.read_text() for p in (tmp_path / "work").glob("*/*.log"))
     assert "LoRA target_modules not set: adapting ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj'" in log
 
-    saved = load_checkpoint_file(str(tmp_path / "work" / "iter_40.pth"))
+    saved = load_checkpoint_file(str(tmp_path / "work" / "iter_60.pth"))
     state = saved["state_dict"]
     assert torch.count_nonzero(state[VALUE_HEAD_KEY]) > 0
     assert set(state) - {VALUE_HEAD_KEY, BASE_IDENTITY_KEY} and all(
