@@ -8,17 +8,22 @@ process, and step k of every arm (the same 16 pairs: the recipe's seeded order, 
 both trainers) runs back to back, the arms' order rotating from step to step, so drift in the machine's
 speed reaches every arm alike. What one arm's step is:
 
-- rmtrain: the next batch from the recipe's data loader (its collate function), then
-  `RewardModel.train_step` with the recipe's optimizer wrapper (autocast, loss, backward, clipping,
+- rmtrain: the next batch from the recipe's data loader (its collate function), then what
+  `RewardModel.train_step` does with the recipe's optimizer wrapper (autocast, loss, backward, clipping,
   AdamW step): what mmengine's training loop does per iteration, less its hooks and logging.
-- TRL: the next batch from `RewardTrainer`'s data loader (its collator), then `training_step` (autocast
-  through accelerate, TRL's loss and metrics, backward), clipping, the AdamW step and the scheduler step:
-  what the Trainer's inner loop does per step, less its callbacks and logging.
+- TRL: the next batch from `RewardTrainer`'s data loader (its collator), then what `training_step` does
+  (autocast through accelerate, TRL's loss and metrics, backward), clipping, the AdamW step and the
+  scheduler step: what the Trainer's inner loop does per step, less its callbacks and logging.
+
+Each step is timed in phases (data, forward with the loss, backward, clipping with the optimizer step,
+zero_grad): the two trainers' step functions are written out here call by call, as their libraries
+run them, so that a gap between the arms shows in the phase it comes from.
 
 Arms: `rmtrain` (the recipe's `torch.optim.AdamW`), `trl` (`optim="adamw_torch"`, as the harness pins
 it), `rmtrain_fused` (the recipe with `AdamW(fused=True)`), `trl_fused` (`optim="adamw_torch_fused"`, the
 Trainer's default with torch >= 2.8). Prints each arm's median and mean step time and the median of the
-per-step ratios against the first arm, and names any arm whose steps held other real-token
+per-step ratios against the first arm, then
+each phase's median, and names any arm whose steps held other real-token
 counts than the first arm's. Training outcomes are not measured here (the harness does that).
 """
 
@@ -33,6 +38,22 @@ import torch
 from tools.quality.arms import build_trl_trainer, recipe_config, trl_spec
 
 ARMS = ("rmtrain", "trl", "rmtrain_fused", "trl_fused")
+
+
+PHASES = ("data", "forward", "backward", "clip + optimizer", "zero_grad")
+
+
+class PhaseClock:
+    """Seconds since the last lap, recorded under the phase just ended."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self._last = now
 
 
 class RmtrainArm:
@@ -52,9 +73,23 @@ class RmtrainArm:
         dataset = build(cfg.train_dataloader.dataset)
         self.batches = iter(Runner.build_dataloader(dict(cfg.train_dataloader, dataset=dataset), seed=seed))
 
-    def step(self) -> int:
+    def step(self, clock: PhaseClock) -> int:
+        """`RewardModel.train_step` (mmengine's BaseModel.train_step and update_params), phase by phase."""
+        model, optim_wrapper = self.model, self.optim_wrapper
         batch = next(self.batches)
-        self.model.train_step(batch, self.optim_wrapper)
+        clock.lap("data")
+        with optim_wrapper.optim_context(model):
+            data = model.data_preprocessor(batch, True)
+            losses = model._run_forward(data, mode="loss")
+        loss, _log_vars = model.parse_losses(losses)
+        loss = optim_wrapper.scale_loss(loss)
+        clock.lap("forward")
+        optim_wrapper.backward(loss)
+        clock.lap("backward")
+        optim_wrapper.step()  # clipping, then the AdamW step
+        clock.lap("clip + optimizer")
+        optim_wrapper.zero_grad()
+        clock.lap("zero_grad")
         return int(batch["data"]["num_tokens"])
 
 
@@ -71,15 +106,26 @@ class TrlArm:
         self.max_norm = spec["max_norm"]
         self.batches = iter(trainer.get_train_dataloader())
 
-    def step(self) -> int:
+    def step(self, clock: PhaseClock) -> int:
+        """`Trainer.training_step` (its forward, then backward), clipping, AdamW and scheduler steps, phase by phase."""
         trainer = self.trainer
         batch = next(self.batches)
+        clock.lap("data")
         trainer.model.train()
-        trainer.training_step(trainer.model, batch)
+        inputs = trainer._prepare_inputs(batch)
+        with trainer.compute_loss_context_manager():
+            loss = trainer.compute_loss(trainer.model, inputs)
+        del inputs
+        loss = loss / trainer.current_gradient_accumulation_steps
+        clock.lap("forward")
+        trainer.accelerator.backward(loss)
+        clock.lap("backward")
         trainer.accelerator.clip_grad_norm_(trainer.model.parameters(), self.max_norm)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
+        clock.lap("clip + optimizer")
         trainer.model.zero_grad()
+        clock.lap("zero_grad")
         return int(batch["attention_mask"].sum())
 
 
@@ -105,13 +151,16 @@ def main() -> None:
     arms = {name: build_arm(name, args.seed, args.run_dir) for name in names}
 
     times = {name: [] for name in names}
+    phases = {name: {phase: [] for phase in PHASES} for name in names}
     tokens = {name: [] for name in names}
     for step in range(args.steps):
         shift = step % len(names)  # rotate which arm goes first, so no arm always follows the same one
         for name in names[shift:] + names[:shift]:
-            started = time.perf_counter()
-            tokens[name].append(arms[name].step())
-            times[name].append(time.perf_counter() - started)
+            clock = PhaseClock()
+            tokens[name].append(arms[name].step(clock))
+            times[name].append(sum(clock.seconds.values()))
+            for phase in PHASES:
+                phases[name][phase].append(clock.seconds[phase])
 
     counted = slice(2, None)  # the first steps warm up kernels and the allocator
     first = names[0]
@@ -124,6 +173,16 @@ def main() -> None:
             f"| {name} | {statistics.median(times[name][counted]):.3f} | {statistics.fmean(times[name][counted]):.3f} "
             f"| {sum(tokens[name][counted]):,} | {statistics.median(ratios):.3f} |"
         )
+    print(f"\nmedian seconds per phase (steps 3..{args.steps}); in brackets, over {first}'s median")
+    print("| arm | " + " | ".join(PHASES) + " |")
+    print("|---|" + "---:|" * len(PHASES))
+    for name in names:
+        cells = []
+        for phase in PHASES:
+            median = statistics.median(phases[name][phase][counted])
+            reference = statistics.median(phases[first][phase][counted])
+            cells.append(f"{median:.3f} ({median / reference:.2f})" if reference > 0 else f"{median:.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
     differing = [name for name in names if tokens[name] != tokens[first]]
     if differing:  # the arms should train the same pairs; a trainer's template may add or drop a token
         print(f"note: {', '.join(differing)} read other real-token counts per step than {first}")
