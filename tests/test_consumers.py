@@ -82,6 +82,9 @@ def _variants(folder: Path) -> dict:
         folder, "internlm2_tiny", recipe="internlm2_chat_1_8b_reward_full_ultrafeedback",
         pretrained_model_name_or_path=str(model_dir), dataset_name_or_path=str(data_dir), reward_token_id=3,
         max_length=96, batch_size=8, accumulative_counts=1, save_steps=8, log_interval=1,
+        # The recipe's zero head barely moves in 8 steps: its scores stayed within 3e-4 of 0, about
+        # the comparison's tolerance, so any client would have matched them. A random head spreads them.
+        value_head_init="normal",
     )  # fmt: skip
     return {"llama": llama, "qwen2": qwen2, "internlm2": internlm2}
 
@@ -134,7 +137,9 @@ def run_clients(folder: Path) -> dict:
 def test_standard_clients_score_like_the_training_model(exports, name):
     config, checkpoint, folder, _ = exports[name]
     reference = training_scores(config, checkpoint)
-    assert len(set(round(score, 6) for score in reference)) == len(reference)  # distinct scores: a real check
+    # A real check: no two conversations' scores lie within the tolerance of each other's matches.
+    ordered = sorted(reference)
+    assert min(b - a for a, b in zip(ordered, ordered[1:])) > 2 * TOLERANCE, reference
     report = run_clients(folder)
     assert report["rmtrain_imported"] is False
 
