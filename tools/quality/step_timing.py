@@ -22,9 +22,9 @@ run them, so that a gap between the arms shows in the phase it comes from.
 Arms: `rmtrain` (the recipe's `torch.optim.AdamW`), `trl` (`optim="adamw_torch"`, as the harness pins
 it), `rmtrain_fused` (the recipe with `AdamW(fused=True)`), `trl_fused` (`optim="adamw_torch_fused"`, the
 Trainer's default with torch >= 2.8). Prints each arm's median and mean step time and the median of the
-per-step ratios against the first arm, then
-each phase's median, and names any arm whose steps held other real-token
-counts than the first arm's. Training outcomes are not measured here (the harness does that).
+per-step ratios against the first arm, then each phase's median, and names any arm whose steps held
+other real-token counts than the first arm's. Training outcomes are not measured here (the harness
+does that).
 """
 
 from __future__ import annotations
@@ -150,7 +150,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     arms = {name: build_arm(name, args.seed, args.run_dir) for name in names}
 
-    times = {name: [] for name in names}
     phases = {name: {phase: [] for phase in PHASES} for name in names}
     tokens = {name: [] for name in names}
     for step in range(args.steps):
@@ -158,9 +157,9 @@ def main() -> None:
         for name in names[shift:] + names[:shift]:
             clock = PhaseClock()
             tokens[name].append(arms[name].step(clock))
-            times[name].append(sum(clock.seconds.values()))
             for phase in PHASES:
                 phases[name][phase].append(clock.seconds[phase])
+    times = {name: [sum(step_phases) for step_phases in zip(*phases[name].values())] for name in names}
 
     counted = slice(2, None)  # the first steps warm up kernels and the allocator
     first = names[0]
